@@ -1,0 +1,1 @@
+//! Cross-process end-to-end tests; see tests/tests/.
