@@ -1,1 +1,2 @@
-//! edge
+//! Santé Rurale clinic edge node.
+pub mod store;
