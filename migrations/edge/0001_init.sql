@@ -61,6 +61,7 @@ CREATE TABLE patients (
 ) STRICT;
 CREATE INDEX patients_by_phone ON patients (phone);
 CREATE INDEX patients_by_name_key ON patients (name_key);
+CREATE INDEX patients_by_updated ON patients (updated_at);
 
 CREATE TABLE encounters (
     id            TEXT PRIMARY KEY,

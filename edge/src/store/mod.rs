@@ -39,8 +39,8 @@ use santerurale_shared::{DeviceId, SiteId, ValidationErrors};
 use tokio::sync::Semaphore;
 
 pub use document::PatientDoc;
-pub use patients::{Duplicate, SearchPlan, WriteTx};
-pub use users::{Role, SessionRecord, UserRecord};
+pub use patients::{Duplicate, SEARCH_LIMIT, SearchPlan, WriteTx};
+pub use users::{Role, SessionRecord, UserRecord, insert_user};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "edge.db";
@@ -314,11 +314,11 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     Ok(conn)
 }
 
-pub(crate) fn get_meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub fn get_meta(c: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
 
-pub(crate) fn set_meta(c: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+pub fn set_meta(c: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         [key, value],

@@ -417,13 +417,24 @@ pub(crate) fn search(c: &Connection, q: &str, limit: usize) -> Result<Vec<Patien
     if let SearchPlan::ById(id) = plan {
         return Ok(get_patient(c, id, false)?.into_iter().collect());
     }
-    let Some(fts) = plan.fts_query() else { return Ok(Vec::new()) };
+    let Some(fts) = plan.fts_query() else { return recent(c, limit) };
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {} FROM patient_search s JOIN patients p ON p.row_id = s.rowid
          WHERE patient_search MATCH ?1 ORDER BY s.rank, p.family_name, p.given_name LIMIT ?2",
         PATIENT_COLUMNS.split(',').map(|c| format!("p.{}", c.trim())).collect::<Vec<_>>().join(", ")
     ))?;
     let mut rows = stmt.query(params![fts, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(patient_from_row(r)?);
+    }
+    Ok(out)
+}
+
+/// The most recently updated patients (what an empty search box shows).
+fn recent(c: &Connection, limit: usize) -> Result<Vec<Patient>, StoreError> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients ORDER BY updated_at DESC LIMIT ?1"))?;
+    let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(patient_from_row(r)?);

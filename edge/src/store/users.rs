@@ -70,7 +70,7 @@ fn user_from_row(r: &rusqlite::Row<'_>) -> Result<UserRecord, StoreError> {
     })
 }
 
-pub(crate) fn insert_user(c: &Connection, username: &str, role: Role, password_hash: &str) -> Result<UserRecord, StoreError> {
+pub fn insert_user(c: &Connection, username: &str, role: Role, password_hash: &str) -> Result<UserRecord, StoreError> {
     let id = UserId::new();
     let inserted = c.execute(
         "INSERT INTO users (id, username, password_hash, role, created_at) VALUES (?1, ?2, ?3, ?4, ?5)

@@ -1,0 +1,206 @@
+//! The JSON API under `/api/v1` (documented in `openapi.json`, served at
+//! `/api/v1/openapi.json`). Every route but login needs a bearer token from
+//! `POST /api/v1/auth/login`; roles are checked per route.
+
+mod error;
+
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use santerurale_shared::{EncounterDraft, PatientDraft, PatientId, PatientPatch};
+use serde::Deserialize;
+use serde_json::json;
+
+pub use error::{ApiError, ApiJson, IdPath};
+
+use crate::AppState;
+use crate::auth::{CurrentUser, check_password_policy, hash_password, verify_password};
+use crate::store::Role;
+
+/// The OpenAPI 3 document, kept next to the code it describes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/patients", get(search_patients).post(register_patient))
+        .route("/api/v1/patients/{id}", get(get_patient).patch(update_patient))
+        .route("/api/v1/patients/{id}/encounters", post(add_encounter))
+        .route("/api/v1/sync/status", get(sync_status))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+}
+
+/// The caller, from `Authorization: Bearer <token>`.
+#[derive(Debug, Clone)]
+pub struct ApiUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for ApiUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("sign in first: send Authorization: Bearer <token> from POST /api/v1/auth/login"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?;
+        state.tokens.verify(token.trim()).map(Self).map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
+    }
+}
+
+impl ApiUser {
+    fn require(&self, allowed: impl Fn(Role) -> bool, what: &str) -> Result<(), ApiError> {
+        if allowed(self.0.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("your role ({}) may not {what}", self.0.role.as_str())))
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> Result<Response, ApiError> {
+    let user = state.store.find_user(req.username.trim().to_owned()).await?;
+    let bad = || ApiError::unauthorized("wrong username or password");
+    let Some(user) = user else {
+        // Spend the same time as a real check so usernames cannot be probed by timing.
+        let _ = tokio::task::spawn_blocking(move || verify_password(dummy_hash(), &req.password)).await;
+        return Err(bad());
+    };
+    let hash = user.password_hash.clone();
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &req.password)).await.unwrap_or(false);
+    if !ok {
+        tracing::info!(user = %user.id, "API sign-in refused");
+        return Err(bad());
+    }
+    let user = CurrentUser::from(user);
+    let (token, exp) = state.tokens.issue(&user).map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json!({ "token": token, "token_type": "Bearer", "expires_at": exp, "role": user.role })).into_response())
+}
+
+/// A hash of a random string, checked against when the username is unknown
+/// so that refusals take the same time either way.
+pub(crate) fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&crate::auth::random_token()).unwrap_or_default())
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    limit: Option<usize>,
+}
+
+async fn search_patients(
+    State(state): State<AppState>,
+    _user: ApiUser,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    if query.q.chars().count() > 200 {
+        return Err(ApiError::bad_request("query_too_long", "the search text is longer than 200 characters"));
+    }
+    let patients = state.store.search(query.q, query.limit.unwrap_or(crate::store::SEARCH_LIMIT)).await?;
+    Ok(Json(json!({ "patients": patients })))
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterQuery {
+    #[serde(default)]
+    allow_duplicate: bool,
+}
+
+async fn register_patient(
+    State(state): State<AppState>,
+    user: ApiUser,
+    query: Result<Query<RegisterQuery>, axum::extract::rejection::QueryRejection>,
+    ApiJson(draft): ApiJson<PatientDraft>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let patient = state.store.register_patient(draft, query.allow_duplicate).await?;
+    tracing::info!(patient = %patient.id, user = %user.0.id, "patient registered");
+    Ok((StatusCode::CREATED, Json(patient)).into_response())
+}
+
+async fn get_patient(State(state): State<AppState>, _user: ApiUser, IdPath(id): IdPath<PatientId>) -> Result<Response, ApiError> {
+    let patient = state.store.get_patient(id).await?.ok_or_else(|| ApiError::not_found("no patient with this id"))?;
+    Ok(Json(patient).into_response())
+}
+
+async fn update_patient(
+    State(state): State<AppState>,
+    user: ApiUser,
+    IdPath(id): IdPath<PatientId>,
+    ApiJson(patch): ApiJson<PatientPatch>,
+) -> Result<Response, ApiError> {
+    let patient = state.store.update_patient(id, patch).await?;
+    tracing::info!(patient = %id, user = %user.0.id, "patient updated");
+    Ok(Json(patient).into_response())
+}
+
+async fn add_encounter(
+    State(state): State<AppState>,
+    user: ApiUser,
+    IdPath(id): IdPath<PatientId>,
+    ApiJson(draft): ApiJson<EncounterDraft>,
+) -> Result<Response, ApiError> {
+    user.require(Role::is_clinical, "record consultations")?;
+    let encounter = state.store.add_encounter(id, draft, user.0.username.clone()).await?;
+    tracing::info!(patient = %id, encounter = %encounter.id, user = %user.0.id, "encounter recorded");
+    Ok((StatusCode::CREATED, Json(encounter)).into_response())
+}
+
+async fn sync_status(State(state): State<AppState>, _user: ApiUser) -> Result<Response, ApiError> {
+    Ok(Json(crate::sync_status(&state).await?).into_response())
+}
+
+async fn list_users(State(state): State<AppState>, user: ApiUser) -> Result<Response, ApiError> {
+    user.require(|r| r == Role::Admin, "manage accounts")?;
+    let users: Vec<_> = state.store.list_users().await?.into_iter().map(CurrentUser::from).collect();
+    Ok(Json(json!({ "users": users })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    password: String,
+    role: String,
+}
+
+async fn create_user(State(state): State<AppState>, user: ApiUser, ApiJson(new): ApiJson<NewUser>) -> Result<Response, ApiError> {
+    user.require(|r| r == Role::Admin, "manage accounts")?;
+    let username = crate::validate_username(&new.username).map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_username", m))?;
+    let role = Role::parse(new.role.trim())
+        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", "role must be admin, clinician or registrar"))?;
+    check_password_policy(&new.password).map_err(|code| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("the password must have {} to {} characters", crate::auth::MIN_PASSWORD_CHARS, crate::auth::MAX_PASSWORD_CHARS))
+    })?;
+    let password = new.password;
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&e))?;
+    let created = state.store.create_user(username, role, hash).await?;
+    tracing::info!(user = %created.id, by = %user.0.id, "account created");
+    Ok((StatusCode::CREATED, Json(CurrentUser::from(created))).into_response())
+}

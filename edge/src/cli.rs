@@ -1,0 +1,165 @@
+//! The `edge` command line: `serve` (the default), `user add`, `backup`,
+//! `reindex`, `print-config`. `--data-dir` and the config overrides apply to
+//! every subcommand.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::auth::{check_password_policy, hash_password};
+use crate::config::{Config, LogFormat, Overrides};
+use crate::store::{Role, Store, StoreOptions};
+use crate::{AppState, validate_username};
+
+#[derive(Debug, Parser)]
+#[command(name = "edge", version, about = "Santé Rurale clinic edge node: patient records that work with no internet")]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the web UI and API (the default).
+    Serve {
+        /// Address to listen on [default: 0.0.0.0:8080]
+        #[arg(long, env = "EDGE_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Write a consistent copy of the database to FILE (safe while serving).
+    Backup { file: PathBuf },
+    /// Rebuild the query tables and search index from the patient documents.
+    Reindex,
+    /// Print the effective configuration.
+    PrintConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = ["admin", "clinician", "registrar"])]
+        role: String,
+    },
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Some(Command::Serve { listen }) => *listen,
+        _ => None,
+    };
+    let config = Config::load(&cli.overrides, listen)?;
+    init_logging(config.log_format);
+    match cli.command.unwrap_or(Command::Serve { listen: None }) {
+        Command::Serve { .. } => serve(config),
+        Command::User(UserCommand::Add { username, role }) => user_add(&config, &username, &role),
+        Command::Backup { file } => {
+            let store = open_store(&config)?;
+            store.backup_to(&file).with_context(|| format!("backup to {} failed", file.display()))?;
+            println!("backup written to {}", file.display());
+            Ok(())
+        }
+        Command::Reindex => {
+            let store = open_store(&config)?;
+            let n = store.reindex().context("reindex failed")?;
+            println!("reindexed {n} patients");
+            Ok(())
+        }
+        Command::PrintConfig => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.data_dir, StoreOptions { default_country: config.default_country.clone() })
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))
+}
+
+fn user_add(config: &Config, username: &str, role: &str) -> anyhow::Result<()> {
+    let username = validate_username(username).map_err(anyhow::Error::msg)?;
+    let Some(role) = Role::parse(role) else { bail!("role must be admin, clinician or registrar") };
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("cannot read the password from standard input")?;
+    let password = input.lines().next().unwrap_or_default();
+    if let Err(code) = check_password_policy(password) {
+        bail!(
+            "{}: the password (read from standard input) must have {} to {} characters",
+            code,
+            crate::auth::MIN_PASSWORD_CHARS,
+            crate::auth::MAX_PASSWORD_CHARS
+        );
+    }
+    let store = open_store(config)?;
+    let hash = hash_password(password)?;
+    let user = store
+        .blocking_write(|w| crate::store::insert_user(w.conn(), &username, role, &hash))
+        .map_err(|e| match e {
+            crate::store::StoreError::UsernameTaken => anyhow::anyhow!("the username {username} is already taken"),
+            other => anyhow::Error::new(other),
+        })?;
+    println!("created {} account {}", role.as_str(), user.username);
+    Ok(())
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let state = AppState::open(config)?;
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        let shown = if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
+        tracing::info!(address = %local, "edge listening");
+        println!("Santé Rurale edge is running: open http://{shown}/ (listening on {local})");
+        crate::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("edge stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
