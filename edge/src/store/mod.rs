@@ -346,3 +346,6 @@ pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
 pub(crate) fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
+
+#[cfg(test)]
+mod tests;
