@@ -1,1 +1,129 @@
-//! Cross-process end-to-end tests; see tests/tests/.
+//! Harness for the cross-process end-to-end tests in `tests/tests/`.
+//!
+//! The tests run the real `edge` binary as a child process on a loopback
+//! port, talk to it over HTTP as a client would, and inspect its SQLite file
+//! once it is dead. Nothing here sleeps to synchronise: readiness is polled
+//! against a deadline ([`poll_until`], [`EdgeDir::start`]).
+//!
+//! - [`edge_binary`] finds the binary next to the test executable (cargo does
+//!   not give `CARGO_BIN_EXE_edge` to another package), so build it first:
+//!   `cargo build -p edge --bins` (CI: `cargo build --workspace --bins`).
+//! - [`EdgeDir`] is a throwaway data directory; [`EdgeDir::cli`] runs a
+//!   one-shot subcommand (`user add`, `reindex`, `backup`), [`EdgeDir::start`]
+//!   a server on a free port.
+//! - [`EdgeProcess`] is a running server, killed with SIGKILL when dropped.
+//! - [`Api`] is a small JSON client for `/api/v1` whose errors tell "no
+//!   response at all" from "a response with the wrong status".
+//! - [`ProcessGroupGuard`] runs a helper program (chromedriver) in its own
+//!   process group and kills the whole group on drop, browser included.
+//! - [`open_read_only`], [`check_integrity`], [`dump_table`] read an edge's
+//!   SQLite file from outside once its process is dead.
+//!
+//! Environment: `SANTERURALE_EDGE_BIN` overrides the binary,
+//! `SANTERURALE_E2E_KEEP=1` keeps the temporary directories (data, logs) for
+//! inspection. Every `EDGE_*` variable is removed from the children's
+//! environment so that the developer's own settings cannot leak in.
+
+mod api;
+mod edge;
+mod process;
+mod sqlite;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use tempfile::TempDir;
+
+pub use api::{Api, CallError};
+pub use edge::{EdgeDir, EdgeProcess};
+pub use process::ProcessGroupGuard;
+pub use sqlite::{check_integrity, dump_rows, dump_table, open_read_only};
+
+/// How often readiness and other conditions are re-checked.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
+/// How long an edge may take from spawn to answering `/health`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a one-shot CLI command may run.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+/// Per-request timeout of [`Api`] (a write is a few milliseconds; this only
+/// keeps a wedged server from hanging the test).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The edge binary: `$SANTERURALE_EDGE_BIN`, or `<target>/<profile>/edge`
+/// next to the running test executable (`<target>/<profile>/deps/<test>-<hash>`).
+pub fn edge_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SANTERURALE_EDGE_BIN") {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "SANTERURALE_EDGE_BIN={} is not a file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the test executable's path")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("unexpected test executable path {}", exe.display()))?;
+    let bin = profile_dir.join(format!("edge{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        bin.is_file(),
+        "the edge binary {} does not exist: run `cargo build -p edge --bins` first \
+         (the tests start the real binary; cargo does not build it for another package), \
+         or point SANTERURALE_EDGE_BIN at one",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// A loopback port nobody listened on a moment ago. Another process may take
+/// it before the child binds it, so callers retry on a bind clash.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Calls `check` every [`POLL_INTERVAL`] until it returns `Some`, an error,
+/// or `timeout` passes (then fails naming `what`).
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The last `n` lines of `text`.
+#[must_use]
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A temporary directory for throwaway test state, kept (and its path
+/// printed) when `SANTERURALE_E2E_KEEP=1`.
+pub fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
+    let keep = std::env::var("SANTERURALE_E2E_KEEP").is_ok_and(|v| v == "1");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(keep)
+        .tempdir()?;
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}

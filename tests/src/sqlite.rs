@@ -1,0 +1,87 @@
+//! Reading an edge's SQLite file from outside, with no process running on it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+
+/// Opens an SQLite file read-only (the process that wrote it must be dead or
+/// tolerant of a reader; WAL recovery needs no write access to the database).
+pub fn open_read_only(path: &Path) -> anyhow::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {} read-only", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// Every row `sql` returns, each rendered as one line of `column=value`
+/// pairs (blobs as their length), for comparing tables across runs.
+pub fn dump_rows(conn: &rusqlite::Connection, sql: &str) -> anyhow::Result<Vec<String>> {
+    dump_rows_except(conn, sql, &[])
+}
+
+/// The whole of `table` ordered by `order_by`, as [`dump_rows`] renders it,
+/// leaving out `skip` (columns such as a rowid that legitimately differ).
+pub fn dump_table(
+    conn: &rusqlite::Connection,
+    table: &str,
+    order_by: &str,
+    skip: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    dump_rows_except(
+        conn,
+        &format!("SELECT * FROM {table} ORDER BY {order_by}"),
+        skip,
+    )
+}
+
+fn dump_rows_except(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    skip: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn
+        .prepare(sql)
+        .with_context(|| format!("bad dump query {sql}"))?;
+    let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut line = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            if skip.contains(&name.as_str()) {
+                continue;
+            }
+            let value = match row.get_ref(i)? {
+                ValueRef::Null => "NULL".to_owned(),
+                ValueRef::Integer(n) => n.to_string(),
+                ValueRef::Real(x) => format!("{x:?}"),
+                ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+                ValueRef::Blob(b) => format!("<{} bytes>", b.len()),
+            };
+            line.push(format!("{name}={value}"));
+        }
+        out.push(line.join(" "));
+    }
+    Ok(out)
+}
+
+/// `PRAGMA integrity_check` and `PRAGMA foreign_key_check` both clean.
+pub fn check_integrity(conn: &rusqlite::Connection) -> anyhow::Result<()> {
+    let integrity = dump_rows(conn, "PRAGMA integrity_check")?;
+    ensure!(
+        integrity == ["integrity_check=\"ok\""],
+        "PRAGMA integrity_check: {integrity:?}"
+    );
+    let dangling = dump_rows(conn, "PRAGMA foreign_key_check")?;
+    ensure!(
+        dangling.is_empty(),
+        "PRAGMA foreign_key_check: {dangling:?}"
+    );
+    Ok(())
+}
