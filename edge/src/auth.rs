@@ -68,6 +68,13 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
+/// A hash of a random string, checked against when a username is unknown so
+/// that refusals take the same time either way.
+pub fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&random_token()).unwrap_or_default())
+}
+
 /// A fresh random token (256 bits, URL-safe base64).
 #[must_use]
 pub fn random_token() -> String {

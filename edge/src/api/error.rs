@@ -47,14 +47,7 @@ impl ApiError {
 
     pub fn internal<E: std::error::Error>(e: &E) -> Self {
         // The full chain goes to the log, never to the caller.
-        let mut chain = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            source = s.source();
-        }
-        tracing::error!(error = %chain, "internal error");
+        tracing::error!(error = %crate::error_chain(e), "API: internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the edge's log")
     }
 }

@@ -24,15 +24,16 @@ use crate::store::Role;
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/patients", get(search_patients).post(register_patient))
-        .route("/api/v1/patients/{id}", get(get_patient).patch(update_patient))
-        .route("/api/v1/patients/{id}/encounters", post(add_encounter))
-        .route("/api/v1/sync/status", get(sync_status))
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .fallback(|| async { ApiError::not_found("no such API route") })
+    let v1 = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/auth/login", post(login))
+        .route("/patients", get(search_patients).post(register_patient))
+        .route("/patients/{id}", get(get_patient).patch(update_patient))
+        .route("/patients/{id}/encounters", post(add_encounter))
+        .route("/sync/status", get(sync_status))
+        .route("/users", get(list_users).post(create_user))
+        .fallback(|| async { ApiError::not_found("no such API route") });
+    Router::new().nest("/api/v1", v1)
 }
 
 /// The caller, from `Authorization: Bearer <token>`.
@@ -82,7 +83,7 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
     let bad = || ApiError::unauthorized("wrong username or password");
     let Some(user) = user else {
         // Spend the same time as a real check so usernames cannot be probed by timing.
-        let _ = tokio::task::spawn_blocking(move || verify_password(dummy_hash(), &req.password)).await;
+        let _ = tokio::task::spawn_blocking(move || verify_password(crate::auth::dummy_hash(), &req.password)).await;
         return Err(bad());
     };
     let hash = user.password_hash.clone();
@@ -96,12 +97,7 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
     Ok(Json(json!({ "token": token, "token_type": "Bearer", "expires_at": exp, "role": user.role })).into_response())
 }
 
-/// A hash of a random string, checked against when the username is unknown
-/// so that refusals take the same time either way.
-pub(crate) fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| hash_password(&crate::auth::random_token()).unwrap_or_default())
-}
+
 
 #[derive(Debug, Deserialize)]
 struct SearchQuery {

@@ -69,6 +69,12 @@ pub fn router() -> Router<AppState> {
         .route("/sync", get(admin::sync))
         .route("/users", get(admin::users).post(admin::create_user))
         .route("/assets/{file}", get(asset))
+        .fallback(not_found)
+}
+
+/// Any other path: an HTML "page not found" in the visitor's language.
+async fn not_found(anon: session::Anon) -> Response {
+    anon.page.fail(Fail::NotFound).into_response()
 }
 
 /// What every page knows about the request: language, clinic, who is signed
@@ -144,14 +150,7 @@ impl Page {
 
     /// A failure that is not the user's: logged with its causes, shown without them.
     pub(crate) fn internal(&self, e: &dyn std::error::Error) -> UiError {
-        let mut chain = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            source = s.source();
-        }
-        tracing::error!(error = %chain, "web UI: internal error");
+        tracing::error!(error = %crate::error_chain(e), "web UI: internal error");
         self.fail(Fail::Internal)
     }
 

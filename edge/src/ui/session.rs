@@ -321,7 +321,7 @@ pub async fn login(
     let password = form.get("password").to_owned();
     // Unknown usernames cost a hash check too, so they cannot be told apart by timing.
     let hash = user.as_ref().map_or_else(
-        || crate::api::dummy_hash().to_owned(),
+        || crate::auth::dummy_hash().to_owned(),
         |u| u.password_hash.clone(),
     );
     let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
