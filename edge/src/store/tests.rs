@@ -193,6 +193,21 @@ fn search_ignores_accents_case_word_order_and_phone_format() {
 }
 
 #[test]
+fn whole_word_matches_come_before_prefix_matches() {
+    let (_dir, store) = open();
+    store.blocking_write(|w| w.register(&draft("Awa", "Koné", None), false)).expect("older");
+    store.blocking_write(|w| w.register(&draft("Hawa", "Konaté", None), false)).expect("newer");
+    let names = |q: &str| -> Vec<String> {
+        store.blocking_read(|c| patients::search(c, q, 10)).expect("search").into_iter().map(|p| p.family_name).collect()
+    };
+    // Both match the prefix; the newest comes first unless one matches whole.
+    assert_eq!(names("kon"), ["Konaté", "Koné"]);
+    assert_eq!(names("kone"), ["Koné"]);
+    assert_eq!(names("KONE awa"), ["Koné"]);
+    assert_eq!(names("awa kon"), ["Koné"], "awa is whole in Awa Koné only; Hawa does not start with awa");
+}
+
+#[test]
 fn duplicates_are_found_by_phone_or_names_and_birth_year() {
     let (_dir, store) = open();
     store.blocking_write(|w| w.register(&draft("Aminata", "Traoré", Some("76123456")), false)).expect("first");
