@@ -11,6 +11,7 @@ pub mod encounter;
 pub mod ids;
 pub mod patient;
 pub mod phone;
+pub mod sync;
 pub mod text;
 pub mod validation;
 
