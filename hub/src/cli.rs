@@ -1,0 +1,163 @@
+//! The `hub` command line: `serve` (the default), `user add`, `keys rotate`,
+//! `print-config`. `--data-dir`, `--database-url` and the config overrides
+//! apply to every subcommand.
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::AppState;
+use crate::auth::{Role, TokenKeys};
+use crate::config::{Config, LogFormat, Overrides};
+use crate::db::Database;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hub",
+    version,
+    about = "Santé Rurale hub: the central server the clinics sync with"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API (the default).
+    Serve {
+        /// Address to listen on [default: 0.0.0.0:8090]
+        #[arg(long, env = "HUB_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Manage hub accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage the API token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the effective configuration (database password redacted).
+    PrintConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = ["admin"])]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key; it signs after the next restart, and tokens
+    /// signed with older keys stay valid while their files remain.
+    Rotate,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Some(Command::Serve { listen }) => *listen,
+        _ => None,
+    };
+    let config = Config::load(&cli.overrides, listen)?;
+    init_logging(config.log_format);
+    match cli.command.unwrap_or(Command::Serve { listen: None }) {
+        Command::Serve { .. } => runtime()?.block_on(serve(config)),
+        Command::User(UserCommand::Add { username, role }) => {
+            let Some(role) = Role::parse(&role) else {
+                bail!("role must be admin")
+            };
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("cannot read the password from standard input")?;
+            let password = input.lines().next().unwrap_or_default().to_owned();
+            runtime()?.block_on(async move {
+                let db = Database::open(&config)
+                    .await
+                    .context("cannot open the database")?;
+                let result = crate::users::add_user(&db.pool, &username, role, &password).await;
+                db.close().await.context("cannot close the database")?;
+                let user = result?;
+                println!("created {} account {}", user.role.as_str(), user.username);
+                Ok(())
+            })
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let kid = TokenKeys::rotate(&config.data_dir)?;
+            println!("added signing key {kid}; restart the hub to sign with it");
+            Ok(())
+        }
+        Command::PrintConfig => {
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let db = Database::open(&config)
+        .await
+        .context("cannot open the database")?;
+    let result = async {
+        let state = AppState::new(config, db.pool.clone())?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "hub listening");
+        println!("Santé Rurale hub is running on http://{local}/");
+        crate::serve(listener, state, shutdown_signal()).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    // Stop the embedded cluster whether serving succeeded or not.
+    db.close().await.context("cannot stop the database")?;
+    tracing::info!("hub stopped");
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,289 @@
+//! The hub's configuration: one typed struct, defaults in [`Config::default`].
+//!
+//! Sources, later ones winning: the defaults, the TOML file (`--config FILE`,
+//! or `hub.toml` in the data directory when it exists), then environment
+//! variables (`HUB_*`, and `DATABASE_URL`) and command-line flags (see
+//! [`Overrides`]). `hub print-config` shows the result with the database
+//! password redacted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the optional config file inside the data directory.
+pub const CONFIG_FILE: &str = "hub.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the token-signing keys and, by default, the embedded PostgreSQL
+    /// cluster (`DATA_DIR/pg`) live.
+    pub data_dir: PathBuf,
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// An existing PostgreSQL database. When absent, the hub runs its own
+    /// cluster in `DATA_DIR/pg` (see [`crate::pg`]).
+    pub database_url: Option<DatabaseUrl>,
+    /// Where `initdb` and `pg_ctl` are, for the embedded cluster; searched on
+    /// `PATH` and under `/usr/lib/postgresql/*/bin` when absent.
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// Most database connections the hub holds open.
+    pub db_pool_size: u32,
+    /// How long an API bearer token is valid.
+    pub token_ttl_minutes: u32,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("hub-data"),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+            database_url: None,
+            postgres_bin_dir: None,
+            db_pool_size: 16,
+            token_ttl_minutes: 60,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// A PostgreSQL connection URL. It may hold a password, so `Debug` and
+/// [`DatabaseUrl::redacted`] hide it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    /// The URL with any password replaced by `***`.
+    #[must_use]
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return url.clone();
+        };
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return url.clone();
+        };
+        match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Flags and environment variables that override the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Data directory [default: ./hub-data]
+    #[arg(long, env = "HUB_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file [default: DATA_DIR/hub.toml if present]
+    #[arg(long, env = "HUB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL URL [default: an embedded cluster in DATA_DIR/pg]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[arg(long, env = "HUB_POSTGRES_BIN_DIR", global = true, hide = true)]
+    pub postgres_bin_dir: Option<PathBuf>,
+    #[arg(long, env = "HUB_DB_POOL_SIZE", global = true, hide = true)]
+    pub db_pool_size: Option<u32>,
+    #[arg(long, env = "HUB_TOKEN_TTL_MINUTES", global = true, hide = true)]
+    pub token_ttl_minutes: Option<u32>,
+    #[arg(long, env = "HUB_LOG_FORMAT", global = true, hide = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Builds the effective configuration; `listen` comes from `serve --listen`.
+    pub fn load(o: &Overrides, listen: Option<SocketAddr>) -> Result<Self, ConfigError> {
+        let data_dir = o
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| Self::default().data_dir);
+        let file = o
+            .config
+            .clone()
+            .or_else(|| Some(data_dir.join(CONFIG_FILE)).filter(|p| p.exists()));
+        let mut config = match file {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        if o.data_dir.is_some() || o.config.is_none() {
+            config.data_dir = data_dir;
+        }
+        if let Some(url) = &o.database_url {
+            config.database_url = Some(DatabaseUrl(url.clone()));
+        }
+        if let Some(dir) = &o.postgres_bin_dir {
+            config.postgres_bin_dir = Some(dir.clone());
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
+        }
+        set!(db_pool_size, token_ttl_minutes, log_format);
+        if let Some(addr) = listen {
+            config.listen = addr;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.token_ttl_minutes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "token_ttl_minutes",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.db_pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                field: "db_pool_size",
+                reason: "must be positive".into(),
+            });
+        }
+        if let Some(url) = &self.database_url
+            && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                field: "database_url",
+                reason: "a postgres:// or postgresql:// URL".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML (for `hub print-config`), password redacted.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = self
+            .database_url
+            .as_ref()
+            .map(|u| DatabaseUrl(u.redacted()));
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "token_ttl_minutes = 30\ndb_pool_size = 4\n",
+        )
+        .expect("write");
+        let o = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            token_ttl_minutes: Some(45),
+            database_url: Some("postgres://hub:s3cret@db.example:5432/hub".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o, Some("127.0.0.1:9000".parse().expect("addr"))).expect("load");
+        assert_eq!(c.token_ttl_minutes, 45);
+        assert_eq!(c.db_pool_size, 4);
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.data_dir, dir.path());
+        let toml = c.to_toml();
+        assert!(!toml.contains("s3cret"), "{toml}");
+        assert!(
+            toml.contains("postgres://hub:***@db.example:5432/hub"),
+            "{toml}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&Overrides::default(), None).expect("load");
+        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8090)));
+        assert_eq!(c.database_url, None);
+        let back: Config = toml::from_str(&c.to_toml()).expect("round trip");
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, "listen_port = 1\n").expect("write");
+        let o = Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::load(&o, None),
+            Err(ConfigError::Parse { .. })
+        ));
+        let o = Overrides {
+            database_url: Some("mysql://x".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::load(&o, None),
+            Err(ConfigError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn redaction() {
+        let r = |s: &str| DatabaseUrl(s.into()).redacted();
+        assert_eq!(r("postgres://u:p@h/db"), "postgres://u:***@h/db");
+        assert_eq!(r("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(r("postgres://h/db?x=a@b"), "postgres://h/db?x=a@b");
+        assert_eq!(r("postgres://u:p:q@h"), "postgres://u:***@h");
+    }
+}

@@ -1,0 +1,116 @@
+//! Santé Rurale hub: the central server the clinics' edge boxes sync with.
+//!
+//! PostgreSQL holds everything ([`db`]): an existing server named by
+//! `DATABASE_URL`, or by default a cluster the hub runs itself in its data
+//! directory ([`pg`]). Hub admins sign in ([`auth`]) and manage sites
+//! ([`sites`]) through the JSON API ([`api`]); `/health` and `/metrics`
+//! serve operations.
+//!
+//! [`router`] builds the whole HTTP application from an [`AppState`] without
+//! binding anything; [`serve`] runs it on a listener the caller bound, so
+//! tests bind port 0 and know the server is ready as soon as the listener
+//! exists.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod metrics;
+pub mod pg;
+pub mod sites;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_postgres::Pool;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Largest request body accepted by the admin API. Sync routes set their own.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Pool,
+    pub tokens: Arc<TokenKeys>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The state for `config` on an opened, migrated database; loads (or on
+    /// first start creates) the token-signing keys in the data directory.
+    pub fn new(config: Config, db: Pool) -> Result<Self, auth::AuthError> {
+        let tokens = TokenKeys::load_or_create(&config.data_dir, config.token_ttl_minutes)?;
+        Ok(Self {
+            config: Arc::new(config),
+            db,
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
+        .merge(api::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then
+/// finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match db::ping(&state.db).await {
+        Ok(()) => Json(json!({ "status": "ok", "database": "ok" })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "health check: database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "error", "database": "unavailable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An error and its sources, joined: what the log shows for an internal failure.
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
+}

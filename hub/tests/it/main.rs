@@ -1,0 +1,10 @@
+//! Hub integration tests: real PostgreSQL (a fresh database per test, see
+//! [`support`]), real HTTP on loopback. One module per scenario.
+
+mod auth;
+mod cli;
+mod embedded;
+mod health_metrics;
+mod migrations;
+mod sites;
+mod support;

@@ -1,0 +1,267 @@
+//! Test fixtures: a fresh PostgreSQL database per test, and a hub served on
+//! a loopback port.
+//!
+//! Where the database comes from, first match wins:
+//! 1. `SANTERURALE_TEST_DATABASE_URL` or `DATABASE_URL`: a server we may
+//!    create databases on (the URL's database is used to create and drop);
+//! 2. a server answering on 127.0.0.1:5432 as `postgres` without a password
+//!    (this machine kind, and CI);
+//! 3. otherwise the hub's own embedded cluster, started in a temporary
+//!    directory for the test (forced with `SANTERURALE_TEST_EMBEDDED=1`).
+//!
+//! If none works the test fails with the reason: it is never skipped.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use hub::AppState;
+use hub::config::Config;
+use hub::pg::EmbeddedPostgres;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+
+/// A database that exists for one test; dropped when this is.
+pub struct TestDb {
+    /// Connects to the test's database.
+    pub config: tokio_postgres::Config,
+    admin: tokio_postgres::Config,
+    name: String,
+    /// The cluster the database lives on, when no server was configured.
+    _embedded: Option<(EmbeddedPostgres, TempDir)>,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let (admin, embedded) = match server().await {
+            Ok(admin) => (admin, None),
+            Err(reason) => {
+                let dir = temp_dir_for_postgres();
+                let pg = EmbeddedPostgres::start(&dir.path().join("pg"), None).await.unwrap_or_else(|e| {
+                    panic!(
+                        "no PostgreSQL for the tests: {reason}; and the embedded cluster failed: {}",
+                        hub::error_chain(&e)
+                    )
+                });
+                (pg.connect_config("postgres"), Some((pg, dir)))
+            }
+        };
+        let name = format!("hub_test_{}", uuid::Uuid::now_v7().simple());
+        let client = connect(&admin)
+            .await
+            .expect("connect to the admin database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let mut config = admin.clone();
+        config.dbname(&name);
+        Self {
+            config,
+            admin,
+            name,
+            _embedded: embedded,
+        }
+    }
+
+    pub fn pool(&self) -> Pool {
+        hub::db::pool(self.config.clone(), 4).expect("pool")
+    }
+
+    /// A pool on this database with the migrations applied.
+    pub async fn migrated_pool(&self) -> Pool {
+        let pool = self.pool();
+        hub::db::migrate::run(&pool).await.expect("migrate");
+        pool
+    }
+
+    /// The database as a URL, for `DATABASE_URL`.
+    pub fn url(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => {
+                p.display().to_string().replace('/', "%2F")
+            }
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let user = self.config.get_user().unwrap_or("postgres");
+        let password = self
+            .config
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self._embedded.is_some() {
+            return; // the whole cluster goes with its directory
+        }
+        let admin = self.admin.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop may run inside the test's runtime: use a runtime of our own
+        // on another thread.
+        let joined = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(client) = connect(&admin).await {
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        })
+        .join();
+        if joined.is_err() {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// The admin connection to a configured or local server, or why there is none.
+async fn server() -> Result<tokio_postgres::Config, String> {
+    if std::env::var_os("SANTERURALE_TEST_EMBEDDED").is_some_and(|v| v == "1") {
+        return Err("SANTERURALE_TEST_EMBEDDED=1".into());
+    }
+    for var in ["SANTERURALE_TEST_DATABASE_URL", "DATABASE_URL"] {
+        if let Ok(url) = std::env::var(var) {
+            let config: tokio_postgres::Config = url
+                .parse()
+                .unwrap_or_else(|e| panic!("{var} is not a valid URL: {e}"));
+            if let Err(e) = connect(&config).await {
+                panic!(
+                    "{var} is set but the server cannot be reached: {}",
+                    hub::error_chain(&e)
+                );
+            }
+            return Ok(config);
+        }
+    }
+    let mut local = tokio_postgres::Config::new();
+    local
+        .host("127.0.0.1")
+        .port(5432)
+        .user("postgres")
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    match connect(&local).await {
+        Ok(_) => Ok(local),
+        Err(e) => Err(format!("none configured, and 127.0.0.1:5432 refused: {e}")),
+    }
+}
+
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// A temporary directory the `postgres` user can enter (when the tests run
+/// as root, the embedded cluster runs as `postgres`).
+pub fn temp_dir_for_postgres() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("hub-test-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// A hub serving on 127.0.0.1 on a fresh database; stopped when dropped.
+pub struct TestHub {
+    pub base: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    _data: TempDir,
+    /// Kept so the database outlives the server; dropped last.
+    _db: TestDb,
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        let db = TestDb::new().await;
+        let pool = db.migrated_pool().await;
+        Self::with_pool(db, pool).await
+    }
+
+    /// A hub on `pool`, whatever database it reaches.
+    pub async fn with_pool(db: TestDb, pool: Pool) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: data.path().to_owned(),
+            ..Config::default()
+        };
+        let state = AppState::new(config, pool).expect("state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(hub::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            state,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            _data: data,
+            _db: db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates an admin account and signs in; returns the bearer token.
+    pub async fn admin_token(&self) -> String {
+        hub::users::add_user(
+            &self.state.db,
+            "admin",
+            hub::auth::Role::Admin,
+            "correct horse battery",
+        )
+        .await
+        .expect("add user");
+        self.login("admin", "correct horse battery")
+            .await
+            .expect("login")
+    }
+
+    /// `POST /api/v1/auth/login`: the token, or the status when refused.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<String, reqwest::StatusCode> {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("send");
+        if !resp.status().is_success() {
+            return Err(resp.status());
+        }
+        let body: serde_json::Value = resp.json().await.expect("json");
+        Ok(body["token"].as_str().expect("token").to_owned())
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.state.db.close();
+    }
+}
