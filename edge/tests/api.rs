@@ -557,8 +557,8 @@ mod validation {
             }
             let huge = json!({ "notes": "x".repeat(edge::MAX_BODY_BYTES) }).to_string();
             let reply = self.raw(json, &huge).await;
-            assert_eq!(reply.status, 413, "{}", reply.text);
-            conforms("Error", &reply.json);
+            let body = reply.error(413, "payload_too_large");
+            conforms("Error", &body);
             assert_eq!(self.app.counts().await, before, "{}", self.path);
         }
     }
@@ -1068,5 +1068,25 @@ mod operations {
         ] {
             assert!(!text.contains(secret), "{secret:?} leaked into:\n{text}");
         }
+    }
+}
+
+mod protocol {
+    use super::*;
+
+    #[tokio::test]
+    async fn refusals_name_the_scheme_and_the_method() {
+        let app = App::start().await;
+        let anonymous = app.client.get(format!("{}{SYNC}", app.base)).send().await.expect("request");
+        assert_eq!(anonymous.status(), 401);
+        let challenge = anonymous.headers().get(reqwest::header::WWW_AUTHENTICATE).expect("WWW-Authenticate");
+        assert_eq!(challenge, "Bearer");
+
+        // The scheme name is case-insensitive (RFC 7235).
+        let token = app.signed_in("admin").await.token().to_owned();
+        app.caller(Some(format!("bearer {token}"))).get(SYNC).await.expect(200);
+
+        let wrong_method = app.caller(Some(format!("Bearer {token}"))).send(Method::DELETE, PATIENTS, None).await;
+        wrong_method.error(405, "method_not_allowed");
     }
 }

@@ -245,7 +245,8 @@ impl PatientFields {
         }
         overlay!(given_name, family_name, sex, phone, village, national_id, whatsapp_consent, whatsapp_consent_date);
         if patch.age_years.is_some() {
-            draft.birth_date = None;
+            // Both given: keep both so validation reports the ambiguity.
+            draft.birth_date.clone_from(&patch.birth_date);
             draft.age_years = patch.age_years;
         } else if patch.birth_date.is_some() {
             draft.birth_date = patch.birth_date.clone();
@@ -369,6 +370,8 @@ mod tests {
         assert_eq!(g.village, "Ségou");
         assert_eq!(g.given_name, f.given_name);
         assert_eq!(g.national_id, None);
+        let both = PatientPatch { birth_date: Some("2000-01-01".into()), age_years: Some(30), ..PatientPatch::default() };
+        assert_eq!(f.patched(&both, TODAY, "223").expect_err("ambiguous").0[0].code, "ambiguous");
         let bad = PatientPatch { phone: Some("abc".into()), ..PatientPatch::default() };
         assert_eq!(f.patched(&bad, TODAY, "223").expect_err("bad").0[0].field, "phone");
     }

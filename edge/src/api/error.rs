@@ -58,7 +58,14 @@ impl IntoResponse for ApiError {
         if let Some((key, value)) = self.extra {
             body[key] = value;
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: say which scheme the caller should use.
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -106,6 +113,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_body",
                     format!("the body does not have the expected shape: {}", e.body_text()),
+                ),
+                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {} bytes", crate::MAX_BODY_BYTES),
                 ),
                 JsonRejection::BytesRejection(e) => ApiError::new(e.status(), "unreadable_body", e.body_text()),
                 other => ApiError::bad_request("invalid_body", other.body_text()),

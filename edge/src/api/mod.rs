@@ -32,7 +32,10 @@ pub fn router() -> Router<AppState> {
         .route("/patients/{id}/encounters", post(add_encounter))
         .route("/sync/status", get(sync_status))
         .route("/users", get(list_users).post(create_user))
-        .fallback(|| async { ApiError::not_found("no such API route") });
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+        });
     Router::new().nest("/api/v1", v1)
 }
 
@@ -51,7 +54,9 @@ impl FromRequestParts<AppState> for ApiUser {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?;
         state.tokens.verify(token.trim()).map(Self).map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
     }

@@ -255,7 +255,9 @@ fn project(
             None => p.digits().to_owned(),
         })
         .unwrap_or_default();
-    let ids = f.national_id.as_deref().map(compact_id).unwrap_or_default();
+    // The id squashed ("nina778") and as its words ("nina 778"), so it is
+    // found however it is typed.
+    let ids = f.national_id.as_deref().map(|id| format!("{} {}", compact_id(id), words(id).join(" "))).unwrap_or_default();
     c.execute(
         "INSERT INTO patient_search (rowid, names, phones, ids) VALUES (?1, ?2, ?3, ?4)",
         params![row_id, format!("{} {}", f.given_name, f.family_name), phones, ids],
