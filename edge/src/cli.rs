@@ -1,5 +1,5 @@
 //! The `edge` command line: `serve` (the default), `user add`, `backup`,
-//! `reindex`, `print-config`. `--data-dir` and the config overrides apply to
+//! `reindex`, `enroll`, `sync`, `print-config`. `--data-dir` and the config overrides apply to
 //! every subcommand.
 
 use std::io::Read as _;
@@ -38,6 +38,23 @@ pub enum Command {
     Backup { file: PathBuf },
     /// Rebuild the query tables and search index from the patient documents.
     Reindex,
+    /// Bind this edge to a site on the hub with a one-time enrollment token.
+    Enroll {
+        /// The hub's address, e.g. http://127.0.0.1:8443 (plain HTTP: loopback only unless --insecure-http)
+        #[arg(long)]
+        hub: String,
+        /// The enrollment token a hub admin made for this site
+        #[arg(long, env = "EDGE_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Replace an existing enrollment and its device key
+        #[arg(long)]
+        force: bool,
+        /// Accept plain, unencrypted HTTP to a hub that is not on this machine
+        #[arg(long)]
+        insecure_http: bool,
+    },
+    /// Push every pending change to the hub once (pulling from the hub is not built yet).
+    Sync,
     /// Print the effective configuration.
     PrintConfig,
 }
@@ -77,6 +94,11 @@ pub fn run() -> anyhow::Result<()> {
             println!("reindexed {n} patients");
             Ok(())
         }
+        Command::Enroll { hub, token, force, insecure_http } => {
+            let options = crate::sync::EnrollOptions { hub_url: hub, token, force, insecure_http };
+            enroll(&config, options)
+        }
+        Command::Sync => sync(&config),
         Command::PrintConfig => {
             print!("{}", config.to_toml());
             Ok(())
@@ -123,6 +145,39 @@ fn user_add(config: &Config, username: &str, role: &str) -> anyhow::Result<()> {
         })?;
     println!("created {} account {}", role.as_str(), user.username);
     Ok(())
+}
+
+fn enroll(config: &Config, options: crate::sync::EnrollOptions) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let done = small_runtime()?.block_on(crate::sync::enroll(&store, &config.data_dir, options))?;
+    println!(
+        "enrolled device {} in site {} ({}, {}) at {}",
+        done.device_id, done.site_name, done.site_code, done.site_id, done.hub_url
+    );
+    Ok(())
+}
+
+fn sync(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let pushed = small_runtime()?
+        .block_on(crate::sync::push(&store, &config.data_dir, santerurale_shared::sync::PushConfig::default()));
+    match pushed {
+        Ok(r) => {
+            println!(
+                "pushed {} changes in {} requests ({} new to the hub, {} it already had); pull is not built yet",
+                r.pushed, r.batches, r.applied, r.duplicates
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let kind = if e.is_retryable() { "will succeed once the hub is reachable again" } else { "needs an operator" };
+            bail!("sync failed ({kind}): {}", e.display_message())
+        }
+    }
+}
+
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod store;
+pub mod sync;
 pub mod ui;
 
 use std::sync::Arc;

@@ -1,0 +1,193 @@
+//! The edge side of sync with the hub: enrollment and pushing the outbox.
+//! The protocol itself (messages, codec, signing, batch planning) is pure and
+//! lives in `santerurale_shared::sync`; this module does its I/O.
+//!
+//! # Enrollment ([`enroll()`])
+//! A hub admin gives the clinic a one-time token. `edge enroll --hub URL
+//! --token T` makes an ed25519 key from 32 random bytes, sends its public
+//! half with the store's device id and the token to
+//! `POST /api/v1/devices/enroll`, and on `201` keeps the key in
+//! `DATA_DIR/device.key` (mode 0600, see [`keys`] for why a crash cannot
+//! leave a torn or stray key in use) and the site in `meta`: `site_id`,
+//! `site_name`, `site_code`, `hub_url`, `hub_insecure_http`. Changes made
+//! before enrollment are already in the outbox and go with the first push.
+//!
+//! # Push ([`run_once`], [`push`])
+//! 1. Read the oldest pending outbox entries (`acked_at IS NULL`), only
+//!    their sizes, and let [`PushPlanner`](santerurale_shared::sync::PushPlanner) pick a batch; then read that
+//!    batch's bytes.
+//! 2. Encode, sign and `POST` it ([`client`]).
+//! 3. On an acknowledgement, mark the entries up to
+//!    [`Next::MarkSentThrough`](santerurale_shared::sync::Next::MarkSentThrough) as sent, in one SQLite transaction, and go
+//!    on. An entry is marked only after the hub said it stored it; if the
+//!    answer is lost, the batch is sent again and the hub counts it as
+//!    duplicates (it keys changes by hash), so nothing is lost and at most
+//!    the batch in flight goes twice.
+//! 4. A 413 halves the batch and goes on at once. A retryable failure
+//!    (network, timeout, 5xx) ends this run with an error: the caller
+//!    retries later (the scheduler with backoff is a later item). A
+//!    permanent one (revoked device, bad signature...) ends it too, with
+//!    the hub's code.
+//! 5. The result is written to `meta`: `sync_last_success_at` (and the last
+//!    error cleared), or `sync_last_error` ("code: message") and
+//!    `sync_last_error_at`; [`crate::sync_status`] shows them.
+//!
+//! Pull (hub to edge) is not built yet: `run_once` only pushes.
+//!
+//! Two runs at once (the API and a CLI `edge sync`) would only re-send a
+//! batch, which the hub dedups; the scheduler should still run one at a time.
+
+pub mod client;
+mod enroll;
+pub mod keys;
+mod push;
+
+use std::path::Path;
+
+use santerurale_shared::sync::{NotAscending, PushConfig};
+
+pub use client::{HubClient, HubError, HubUrlError};
+pub use enroll::{EnrollError, EnrollOptions, Enrollment, enroll};
+pub use keys::KeyError;
+
+use crate::AppState;
+use crate::store::{StoreError, get_meta, now_rfc3339, set_meta};
+
+/// `meta` keys written here (the others, `sync_last_*`, are read by
+/// [`crate::sync_status`]).
+pub mod meta_keys {
+    pub const SITE_ID: &str = "site_id";
+    pub const SITE_NAME: &str = "site_name";
+    pub const SITE_CODE: &str = "site_code";
+    pub const HUB_URL: &str = "hub_url";
+    /// "true" when the operator accepted plain HTTP to a non-loopback hub.
+    pub const HUB_INSECURE_HTTP: &str = "hub_insecure_http";
+    pub const ENROLLED_AT: &str = "enrolled_at";
+    pub const LAST_SUCCESS_AT: &str = "sync_last_success_at";
+    pub const LAST_ERROR: &str = "sync_last_error";
+    pub const LAST_ERROR_AT: &str = "sync_last_error_at";
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncReport {
+    /// Outbox entries marked as sent.
+    pub pushed: u64,
+    /// Requests the hub acknowledged.
+    pub batches: u32,
+    /// Of the entries sent, those new to the hub, and those it already had.
+    pub applied: u64,
+    pub duplicates: u64,
+    /// Batches refused as too large and split.
+    pub splits: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("this edge is not enrolled with a hub yet: run `edge enroll --hub URL --token T`")]
+    NotEnrolled,
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    HubUrl(#[from] HubUrlError),
+    #[error("cannot read or update the outbox")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Outbox(#[from] NotAscending),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("outbox entry {seq} is larger than the hub accepts on its own; it cannot be sent")]
+    ChangeTooLarge { seq: u64 },
+    #[error(
+        "the hub acknowledged up to {acked_through}, below the batch it was sent (from {first_seq})"
+    )]
+    AckBelowBatch { acked_through: u64, first_seq: u64 },
+}
+
+impl SyncError {
+    /// Whether running again later, unchanged, may succeed.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Hub(e) => e.is_retryable(),
+            Self::Store(_) | Self::AckBelowBatch { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The message kept in `meta` and shown on the sync page: the hub's
+    /// code first when it sent one ("revoked_device: ...").
+    #[must_use]
+    pub fn display_message(&self) -> String {
+        crate::error_chain(self)
+    }
+}
+
+/// One full push with the default batch bounds, for the API and the CLI.
+pub async fn run_once(state: &AppState) -> Result<SyncReport, SyncError> {
+    push(&state.store, &state.config.data_dir, PushConfig::default()).await
+}
+
+/// One full push: every pending entry, or until a failure. The outcome is
+/// recorded in `meta` either way (except "not enrolled", which is no sync).
+pub async fn push(
+    store: &crate::store::Store,
+    data_dir: &Path,
+    config: PushConfig,
+) -> Result<SyncReport, SyncError> {
+    let result = push::run(store, data_dir, config).await;
+    let record = match &result {
+        Ok(_) => Some(None),
+        Err(SyncError::NotEnrolled) => None,
+        Err(e) => Some(Some(e.display_message())),
+    };
+    if let Some(error) = record {
+        let saved = store
+            .write(move |w| {
+                let c = w.conn();
+                let now = now_rfc3339();
+                match error {
+                    None => {
+                        set_meta(c, meta_keys::LAST_SUCCESS_AT, &now)?;
+                        c.execute(
+                            "DELETE FROM meta WHERE key IN (?1, ?2)",
+                            [meta_keys::LAST_ERROR, meta_keys::LAST_ERROR_AT],
+                        )?;
+                    }
+                    Some(message) => {
+                        set_meta(c, meta_keys::LAST_ERROR, &message)?;
+                        set_meta(c, meta_keys::LAST_ERROR_AT, &now)?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(error = %crate::error_chain(&e), "cannot record the sync result");
+        }
+    }
+    match &result {
+        Ok(r) => tracing::info!(
+            pushed = r.pushed,
+            batches = r.batches,
+            duplicates = r.duplicates,
+            "sync push done"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e.display_message(), retryable = e.is_retryable(), "sync push failed")
+        }
+    }
+    result
+}
+
+/// The hub this edge is enrolled with, from `meta`.
+fn enrolled_hub(c: &rusqlite::Connection) -> Result<Option<(String, bool)>, StoreError> {
+    if get_meta(c, meta_keys::SITE_ID)?.is_none() {
+        return Ok(None);
+    }
+    let Some(url) = get_meta(c, meta_keys::HUB_URL)? else {
+        return Ok(None);
+    };
+    let insecure = get_meta(c, meta_keys::HUB_INSECURE_HTTP)?.as_deref() == Some("true");
+    Ok(Some((url, insecure)))
+}
