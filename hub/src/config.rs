@@ -32,6 +32,11 @@ pub struct Config {
     pub db_pool_size: u32,
     /// How long an API bearer token is valid.
     pub token_ttl_minutes: u32,
+    /// How long an enrollment token may be spent after it is created.
+    pub enrollment_token_ttl_minutes: u32,
+    /// Largest sync request body accepted, as sent (compressed); larger ones
+    /// get 413 and the edge splits its batch.
+    pub sync_max_body_bytes: usize,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
 }
@@ -52,6 +57,8 @@ impl Default for Config {
             postgres_bin_dir: None,
             db_pool_size: 16,
             token_ttl_minutes: 60,
+            enrollment_token_ttl_minutes: 24 * 60,
+            sync_max_body_bytes: 4 * 1024 * 1024,
             log_format: LogFormat::Text,
         }
     }
@@ -112,6 +119,15 @@ pub struct Overrides {
     pub db_pool_size: Option<u32>,
     #[arg(long, env = "HUB_TOKEN_TTL_MINUTES", global = true, hide = true)]
     pub token_ttl_minutes: Option<u32>,
+    #[arg(
+        long,
+        env = "HUB_ENROLLMENT_TOKEN_TTL_MINUTES",
+        global = true,
+        hide = true
+    )]
+    pub enrollment_token_ttl_minutes: Option<u32>,
+    #[arg(long, env = "HUB_SYNC_MAX_BODY_BYTES", global = true, hide = true)]
+    pub sync_max_body_bytes: Option<usize>,
     #[arg(long, env = "HUB_LOG_FORMAT", global = true, hide = true)]
     pub log_format: Option<LogFormat>,
 }
@@ -159,7 +175,13 @@ impl Config {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
         }
-        set!(db_pool_size, token_ttl_minutes, log_format);
+        set!(
+            db_pool_size,
+            token_ttl_minutes,
+            enrollment_token_ttl_minutes,
+            sync_max_body_bytes,
+            log_format
+        );
         if let Some(addr) = listen {
             config.listen = addr;
         }
@@ -183,6 +205,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "token_ttl_minutes",
                 reason: "must be positive".into(),
+            });
+        }
+        if self.enrollment_token_ttl_minutes == 0 {
+            return Err(ConfigError::Invalid {
+                field: "enrollment_token_ttl_minutes",
+                reason: "must be positive".into(),
+            });
+        }
+        if self.sync_max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                field: "sync_max_body_bytes",
+                reason: "at least 1024".into(),
             });
         }
         if self.db_pool_size == 0 {

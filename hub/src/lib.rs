@@ -3,8 +3,10 @@
 //! PostgreSQL holds everything ([`db`]): an existing server named by
 //! `DATABASE_URL`, or by default a cluster the hub runs itself in its data
 //! directory ([`pg`]). Hub admins sign in ([`auth`]) and manage sites
-//! ([`sites`]) through the JSON API ([`api`]); `/health` and `/metrics`
-//! serve operations.
+//! ([`sites`]) and their devices ([`devices`]: enrollment tokens,
+//! enrollment, revocation) through the JSON API ([`api`]); enrolled edge
+//! devices push their changes with signed requests ([`sync`]); `/health`
+//! and `/metrics` serve operations.
 //!
 //! [`router`] builds the whole HTTP application from an [`AppState`] without
 //! binding anything; [`serve`] runs it on a listener the caller bound, so
@@ -16,9 +18,11 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod devices;
 pub mod metrics;
 pub mod pg;
 pub mod sites;
+pub mod sync;
 pub mod users;
 
 use std::sync::Arc;
@@ -68,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics::render))
         .merge(api::router())
+        .merge(sync::router(state.config.sync_max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

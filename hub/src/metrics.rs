@@ -12,7 +12,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::AppState;
@@ -22,6 +23,15 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    /// `sync_push_requests_total{result}`: `ok` or the error code.
+    pub sync_push_requests: IntCounterVec,
+    /// `sync_changes_applied_total`: changes new to the hub.
+    pub sync_changes_applied: IntCounter,
+    /// `sync_pending_operations{site}`: outbox depths last reported by the
+    /// site's active devices, summed.
+    pub sync_pending_operations: IntGaugeVec,
+    /// `sync_last_contact_timestamp_seconds{site}`: last accepted push.
+    pub sync_last_contact: IntGaugeVec,
 }
 
 impl Metrics {
@@ -50,16 +60,53 @@ impl Metrics {
             &["method", "route"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(http_requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("unique metric");
+        let sync_push_requests = IntCounterVec::new(
+            Opts::new(
+                "sync_push_requests_total",
+                "Sync push requests, by result (ok or the error code).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let sync_changes_applied = IntCounter::new(
+            "sync_changes_applied_total",
+            "Changes pushed by edges that were new to the hub.",
+        )
+        .expect("valid metric");
+        let sync_pending_operations = IntGaugeVec::new(
+            Opts::new(
+                "sync_pending_operations",
+                "Outbox entries pending on the site's devices, as last reported.",
+            ),
+            &["site"],
+        )
+        .expect("valid metric");
+        let sync_last_contact = IntGaugeVec::new(
+            Opts::new(
+                "sync_last_contact_timestamp_seconds",
+                "Unix time of the site's last accepted sync request.",
+            ),
+            &["site"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(sync_push_requests.clone()),
+            Box::new(sync_changes_applied.clone()),
+            Box::new(sync_pending_operations.clone()),
+            Box::new(sync_last_contact.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
         Self {
             registry,
             http_requests,
             http_duration,
+            sync_push_requests,
+            sync_changes_applied,
+            sync_pending_operations,
+            sync_last_contact,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The JSON API under `/api/v1`. Each resource module owns its routes, DTOs
 //! and queries; this module merges them. Every route but login needs a
-//! bearer token from `POST /api/v1/auth/login`.
+//! bearer token from `POST /api/v1/auth/login`, except device enrollment
+//! (`POST /api/v1/devices/enroll`, authenticated by its one-time token). The
+//! sync routes are in [`crate::sync`]: signed by the device, no bearer token.
 
 pub mod error;
 
@@ -13,4 +15,5 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(crate::auth::router())
         .merge(crate::sites::router())
+        .merge(crate::devices::router())
 }

@@ -10,11 +10,18 @@ use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
 
 /// The embedded migrations, in order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../../migrations/hub/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../../migrations/hub/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sync_push",
+        sql: include_str!("../../../migrations/hub/0002_sync_push.sql"),
+    },
+];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).
 const LOCK_KEY: i64 = 0x7361_6e74_6572_7572;

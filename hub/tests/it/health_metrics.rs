@@ -75,6 +75,9 @@ async fn metrics_count_requests_by_route_template() {
     {
         let value = line.rsplit(' ').next().expect("value");
         assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
-        assert!(line.starts_with("hub_"), "unprefixed metric {line:?}");
+        assert!(
+            line.starts_with("hub_") || line.starts_with("sync_"),
+            "unexpected metric {line:?}"
+        );
     }
 }

@@ -4,7 +4,10 @@
 mod auth;
 mod cli;
 mod embedded;
+mod enrollment;
 mod health_metrics;
 mod migrations;
 mod sites;
 mod support;
+mod sync_push;
+mod sync_push_refusals;

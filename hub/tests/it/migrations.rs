@@ -31,6 +31,7 @@ async fn apply_on_an_empty_database_then_are_idempotent() {
             "enrollment_tokens",
             "hub_schema_migrations",
             "sites",
+            "sync_nonces",
             "users"
         ]
     );

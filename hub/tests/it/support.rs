@@ -236,6 +236,17 @@ impl TestHub {
             .expect("login")
     }
 
+    /// A bearer token for an admin, issued directly: for tests about other
+    /// things than signing in (no argon2 hashing, which is slow on 2 cores).
+    pub fn admin_bearer(&self) -> String {
+        let admin = hub::auth::CurrentUser {
+            id: santerurale_shared::UserId::new(),
+            username: "admin".into(),
+            role: hub::auth::Role::Admin,
+        };
+        self.state.tokens.issue(&admin).expect("issue").0
+    }
+
     /// `POST /api/v1/auth/login`: the token, or the status when refused.
     pub async fn login(
         &self,
@@ -264,4 +275,180 @@ impl Drop for TestHub {
         }
         self.state.db.close();
     }
+}
+
+/// `POST /api/v1/sites`: the new site's id.
+pub async fn create_site(hub: &TestHub, admin: &str, code: &str) -> String {
+    let resp = hub
+        .http
+        .post(hub.url("/api/v1/sites"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({ "name": format!("CSCom {code}"), "code": code }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let site: serde_json::Value = resp.json().await.expect("json");
+    site["id"].as_str().expect("id").to_owned()
+}
+
+/// `POST /api/v1/sites/{id}/enrollment-tokens`: the token.
+pub async fn enrollment_token(hub: &TestHub, admin: &str, site: &str) -> String {
+    let resp = hub
+        .http
+        .post(hub.url(&format!("/api/v1/sites/{site}/enrollment-tokens")))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// An edge box as the hub sees it: a device id and an ed25519 key.
+pub struct TestDevice {
+    pub id: santerurale_shared::DeviceId,
+    pub key: santerurale_shared::sync::SigningKey,
+}
+
+impl TestDevice {
+    pub fn new() -> Self {
+        Self {
+            id: santerurale_shared::DeviceId::new(),
+            key: santerurale_shared::sync::SigningKey::from_bytes(&rand::random::<[u8; 32]>()),
+        }
+    }
+
+    pub fn public_key(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// `POST /api/v1/devices/enroll` with `token`.
+    pub async fn enroll(&self, hub: &TestHub, token: &str) -> reqwest::Response {
+        hub.http
+            .post(hub.url("/api/v1/devices/enroll"))
+            .json(&serde_json::json!({
+                "token": token,
+                "device_id": self.id.to_string(),
+                "public_key": self.public_key(),
+            }))
+            .send()
+            .await
+            .expect("send")
+    }
+
+    /// A fresh, enrolled device of a new site; returns it and the site id.
+    pub async fn enrolled(hub: &TestHub, admin: &str, code: &str) -> (Self, String) {
+        let site = create_site(hub, admin, code).await;
+        let token = enrollment_token(hub, admin, &site).await;
+        let device = Self::new();
+        assert_eq!(
+            device.enroll(hub, &token).await.status(),
+            reqwest::StatusCode::CREATED
+        );
+        (device, site)
+    }
+
+    /// Signature headers for `body`, now, with a fresh nonce.
+    pub fn sign(&self, body: &[u8]) -> santerurale_shared::sync::SignedHeaders {
+        santerurale_shared::sync::sign(
+            &self.key,
+            self.id,
+            "POST",
+            santerurale_shared::sync::PUSH_PATH,
+            body,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+            rand::random(),
+        )
+    }
+
+    /// A push request of this device, encoded.
+    pub fn push_body(
+        &self,
+        batch: Vec<santerurale_shared::sync::OutboxChange>,
+        outbox_depth: u64,
+    ) -> Vec<u8> {
+        santerurale_shared::sync::encode_push(&santerurale_shared::sync::PushRequest {
+            protocol: santerurale_shared::sync::PROTOCOL_VERSION,
+            device_id: self.id,
+            batch,
+            outbox_depth,
+        })
+        .expect("encode")
+    }
+}
+
+/// `POST /api/v1/sync/push` with `body` as sent and `headers`.
+pub async fn post_push(
+    hub: &TestHub,
+    headers: &santerurale_shared::sync::SignedHeaders,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = hub
+        .http
+        .post(hub.url(santerurale_shared::sync::PUSH_PATH))
+        .header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
+    for (name, value) in headers.to_pairs() {
+        req = req.header(name, value);
+    }
+    req.body(body).send().await.expect("send")
+}
+
+/// The status and error body of a refused sync request.
+pub async fn sync_error(
+    resp: reqwest::Response,
+) -> (reqwest::StatusCode, santerurale_shared::sync::ErrorBody) {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{status}: not an ErrorBody ({e}): {text:?}"));
+    (status, body)
+}
+
+/// `SELECT count(*)` of a table.
+pub async fn count(hub: &TestHub, table: &str) -> i64 {
+    hub.state
+        .db
+        .get()
+        .await
+        .expect("conn")
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// `n` real Automerge changes made by `device` on one new patient document:
+/// the outbox entries `first_seq..`.
+pub fn patient_changes(
+    device: &TestDevice,
+    first_seq: u64,
+    n: usize,
+) -> Vec<santerurale_shared::sync::OutboxChange> {
+    use automerge::transaction::Transactable as _;
+    let patient = santerurale_shared::PatientId::new();
+    let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(
+        device.id.as_uuid().as_bytes().as_slice(),
+    ));
+    // As on an edge, the document names its patient: without it, two new
+    // documents of one device could start with the very same change.
+    doc.put(automerge::ROOT, "id", patient.to_string())
+        .expect("put");
+    (0..n)
+        .map(|i| {
+            doc.put(automerge::ROOT, "visits", i64::try_from(i).expect("small"))
+                .expect("put");
+            doc.put(automerge::ROOT, "name", format!("Awa {i}"))
+                .expect("put");
+            doc.commit();
+            let change = doc.get_last_local_change().expect("a change");
+            santerurale_shared::sync::OutboxChange {
+                seq: first_seq + u64::try_from(i).expect("small"),
+                patient_id: patient,
+                change: change.raw_bytes().to_vec(),
+            }
+        })
+        .collect()
 }

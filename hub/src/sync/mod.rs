@@ -1,0 +1,113 @@
+//! The hub's side of the edge-hub sync protocol (see
+//! `santerurale_shared::sync` for the protocol itself: messages, codec,
+//! signatures). This module does the I/O: HTTP, PostgreSQL, the clock.
+//!
+//! Sync routes take no bearer token: every request is signed by the device
+//! that sends it, and the signature is the authentication. Their errors are
+//! JSON [`ErrorBody`] (`code`, `message`, `retryable`), with codes from
+//! [`santerurale_shared::sync::wire::codes`] plus [`DEVICE_MISMATCH`].
+//! `retryable` is true only when the same request may pass later unchanged:
+//! the database was unavailable, or the hub failed internally.
+//!
+//! So far only push is served ([`push`]): changes are stored once each in
+//! the `changes` log with their provenance. Not yet done (issue 3, next
+//! steps): applying them to per-patient Automerge documents and the
+//! patients/encounters projection, conflict detection, and pull.
+
+pub mod push;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use santerurale_shared::sync::{ErrorBody, SignatureError};
+
+use crate::db::DbError;
+
+/// The request's body names another device than the one that signed it.
+pub const DEVICE_MISMATCH: &str = "device_mismatch";
+
+/// A refused or failed sync request.
+#[derive(Debug)]
+pub struct SyncError {
+    pub status: StatusCode,
+    /// Stable, machine-readable; also the `result` label of the metrics.
+    pub code: &'static str,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl SyncError {
+    /// The caller's fault: sending the same request again will not help.
+    pub fn rejected(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// The hub's fault; logged with its cause, not returned.
+    pub fn internal(e: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %crate::error_chain(e), "sync: internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error; see the hub's log".into(),
+            retryable: true,
+        }
+    }
+}
+
+impl From<DbError> for SyncError {
+    fn from(e: DbError) -> Self {
+        if e.is_retryable() {
+            tracing::error!(error = %crate::error_chain(&e), "sync: database unavailable");
+            Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "database_unavailable",
+                message: "the database is unavailable; try again".into(),
+                retryable: true,
+            }
+        } else {
+            Self::internal(&e)
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for SyncError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SyncError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+impl From<SignatureError> for SyncError {
+    fn from(e: SignatureError) -> Self {
+        Self::rejected(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for SyncError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
+                retryable: self.retryable,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The sync routes; `max_body_bytes` bounds a request body as sent.
+pub fn router(max_body_bytes: usize) -> axum::Router<crate::AppState> {
+    push::router(max_body_bytes)
+}
