@@ -48,20 +48,13 @@ const TARGET_BINARY_MB: f64 = 15.0;
 
 fn main() -> Result<()> {
     let patients = match std::env::var("EDGE_BENCH_PATIENTS") {
-        Ok(v) => v
-            .replace('_', "")
-            .parse()
-            .context("EDGE_BENCH_PATIENTS must be a whole number")?,
+        Ok(v) => v.replace('_', "").parse().context("EDGE_BENCH_PATIENTS must be a whole number")?,
         Err(_) => DEFAULT_PATIENTS,
     };
     let today = OffsetDateTime::now_utc().date();
     let dir = tempfile::tempdir().context("temporary data directory")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    println!(
-        "edge bench: {patients} patients x {ENCOUNTERS_PER_PATIENT} encounters, seed {SEED}, today {today}"
-    );
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("edge bench: {patients} patients x {ENCOUNTERS_PER_PATIENT} encounters, seed {SEED}, today {today}");
     println!("data directory: {}", dir.path().display());
 
     let store = Store::open(dir.path(), StoreOptions::default())?;
@@ -93,56 +86,24 @@ fn main() -> Result<()> {
     };
     row("figure", "measured".into(), "target", None);
     let search_p99 = search.p(0.99);
-    row(
-        "search p99",
-        ms(search_p99),
-        "<= 5 ms",
-        Some(millis(search_p99) <= TARGET_SEARCH_P99_MS),
-    );
+    row("search p99", ms(search_p99), "<= 5 ms", Some(millis(search_p99) <= TARGET_SEARCH_P99_MS));
     let enc_p99 = writes.encounter.p(0.99);
-    row(
-        "encounter write p99",
-        ms(enc_p99),
-        "<= 10 ms",
-        Some(millis(enc_p99) <= TARGET_ENCOUNTER_WRITE_P99_MS),
-    );
+    row("encounter write p99", ms(enc_p99), "<= 10 ms", Some(millis(enc_p99) <= TARGET_ENCOUNTER_WRITE_P99_MS));
     row("patient write p99", ms(writes.register.p(0.99)), "", None);
     match &server {
         Some(s) => {
-            row(
-                "idle RSS",
-                format!("{:.1} MB", s.idle_rss_mb),
-                "<= 30 MB",
-                Some(s.idle_rss_mb <= TARGET_IDLE_RSS_MB),
-            );
+            row("idle RSS", format!("{:.1} MB", s.idle_rss_mb), "<= 30 MB", Some(s.idle_rss_mb <= TARGET_IDLE_RSS_MB));
             let median = millis(s.cold_start_median);
-            row(
-                "cold start (median)",
-                format!("{median:.1} ms"),
-                "<= 300 ms",
-                Some(median <= TARGET_COLD_START_MS),
-            );
+            row("cold start (median)", format!("{median:.1} ms"), "<= 300 ms", Some(median <= TARGET_COLD_START_MS));
         }
         None => {
             row("idle RSS", "n/a".into(), "<= 30 MB", None);
             row("cold start (median)", "n/a".into(), "<= 300 ms", None);
         }
     }
-    row(
-        "release binary",
-        format!("{binary_mb:.2} MB"),
-        "<= 15 MB",
-        Some(binary_mb <= TARGET_BINARY_MB),
-    );
-    row(
-        "database per patient",
-        format!("{bytes_per_patient:.0} B"),
-        "",
-        None,
-    );
-    println!(
-        "(MB = 10^6 bytes; latencies through the async Store API on a multi-thread tokio runtime)"
-    );
+    row("release binary", format!("{binary_mb:.2} MB"), "<= 15 MB", Some(binary_mb <= TARGET_BINARY_MB));
+    row("database per patient", format!("{bytes_per_patient:.0} B"), "", None);
+    println!("(MB = 10^6 bytes; latencies through the async Store API on a multi-thread tokio runtime)");
     Ok(())
 }
 
@@ -167,9 +128,7 @@ fn seed(store: &Store, generator: &mut Generator, n: usize) -> Result<Vec<Sample
         let batch: Vec<(PatientFields, Vec<EncounterFields>)> = (0..size)
             .map(|_| {
                 let p = generator.patient();
-                let e = (0..ENCOUNTERS_PER_PATIENT)
-                    .map(|_| generator.encounter(&p))
-                    .collect();
+                let e = (0..ENCOUNTERS_PER_PATIENT).map(|_| generator.encounter(&p)).collect();
                 (p, e)
             })
             .collect();
@@ -197,10 +156,7 @@ fn seed(store: &Store, generator: &mut Generator, n: usize) -> Result<Vec<Sample
         }
         done += size;
         if done % progress_every == 0 && done < n {
-            println!(
-                "  seeded {done} patients ({:.1} s writing)",
-                writing.as_secs_f64()
-            );
+            println!("  seeded {done} patients ({:.1} s writing)", writing.as_secs_f64());
         }
     }
     let secs = writing.as_secs_f64();
@@ -277,35 +233,20 @@ impl QueryKind {
 fn query(kind: QueryKind, s: &PatientFields) -> Option<String> {
     let prefix = |name: &str, n: usize| fold(name).chars().take(n).collect::<String>();
     match kind {
-        QueryKind::NameSwappedUpper => Some(format!(
-            "{} {}",
-            fold(&s.family_name).to_uppercase(),
-            fold(&s.given_name)
-        )),
+        QueryKind::NameSwappedUpper => Some(format!("{} {}", fold(&s.family_name).to_uppercase(), fold(&s.given_name))),
         QueryKind::NameAsWritten => Some(format!("{} {}", s.given_name, s.family_name)),
-        QueryKind::NamePrefixes => Some(format!(
-            "{} {}",
-            prefix(&s.family_name, 4),
-            prefix(&s.given_name, 3)
-        )),
+        QueryKind::NamePrefixes => Some(format!("{} {}", prefix(&s.family_name, 4), prefix(&s.given_name, 3))),
         QueryKind::FamilyPrefix => Some(prefix(&s.family_name, 3)),
         QueryKind::PhoneLocal => {
             let national = s.phone.as_ref()?.national_digits("223")?.to_owned();
-            let pairs: Vec<&str> = (0..national.len())
-                .step_by(2)
-                .filter_map(|i| national.get(i..i + 2))
-                .collect();
+            let pairs: Vec<&str> = (0..national.len()).step_by(2).filter_map(|i| national.get(i..i + 2)).collect();
             Some(pairs.join(" "))
         }
         QueryKind::NationalId => s.national_id.clone(),
     }
 }
 
-fn search_latency(
-    rt: &tokio::runtime::Runtime,
-    store: &Store,
-    samples: &[Sample],
-) -> Result<Latencies> {
+fn search_latency(rt: &tokio::runtime::Runtime, store: &Store, samples: &[Sample]) -> Result<Latencies> {
     // Build the queries first; a sample lacking a phone or national id hands
     // its turn to the next sample that has one.
     let mut queries = Vec::with_capacity(SEARCHES);
@@ -325,10 +266,7 @@ fn search_latency(
     }
 
     let mut all = Latencies::default();
-    let mut by_kind: Vec<(QueryKind, Latencies)> = QueryKind::ALL
-        .iter()
-        .map(|k| (*k, Latencies::default()))
-        .collect();
+    let mut by_kind: Vec<(QueryKind, Latencies)> = QueryKind::ALL.iter().map(|k| (*k, Latencies::default())).collect();
     let (mut empty, mut targeted, mut hit) = (0, 0, 0);
     for (kind, q, id) in &queries {
         let t = Instant::now();
@@ -349,28 +287,11 @@ fn search_latency(
         }
     }
     println!("\n== search (limit 50, {} queries) ==", all.len());
-    println!(
-        "{:<34} {:>6} {:>11} {:>11} {:>11}",
-        "query", "count", "p50", "p99", "max"
-    );
+    println!("{:<34} {:>6} {:>11} {:>11} {:>11}", "query", "count", "p50", "p99", "max");
     for (kind, l) in by_kind.iter_mut().filter(|(_, l)| l.len() != 0) {
-        println!(
-            "{:<34} {:>6} {:>11} {:>11} {:>11}",
-            kind.label(),
-            l.len(),
-            ms(l.p(0.5)),
-            ms(l.p(0.99)),
-            ms(l.max())
-        );
+        println!("{:<34} {:>6} {:>11} {:>11} {:>11}", kind.label(), l.len(), ms(l.p(0.5)), ms(l.p(0.99)), ms(l.max()));
     }
-    println!(
-        "{:<34} {:>6} {:>11} {:>11} {:>11}",
-        "all",
-        all.len(),
-        ms(all.p(0.5)),
-        ms(all.p(0.99)),
-        ms(all.max())
-    );
+    println!("{:<34} {:>6} {:>11} {:>11} {:>11}", "all", all.len(), ms(all.p(0.5)), ms(all.p(0.99)), ms(all.max()));
     println!(
         "queries with no result: {empty}; sought patient among the results: {hit} of {targeted} \
          (common names have more than 50 namesakes)"
@@ -412,33 +333,19 @@ fn write_latency(
     for i in 0..WRITES {
         let s = &samples[i.wrapping_mul(17) % samples.len()];
         let t = Instant::now();
-        rt.block_on(store.get_patient(s.id))?
-            .context("a seeded patient is missing")?;
+        rt.block_on(store.get_patient(s.id))?.context("a seeded patient is missing")?;
         reads.push(t.elapsed());
     }
     println!("\n== writes (each one durable transaction, synchronous=FULL) ==");
-    println!(
-        "{:<34} {:>6} {:>11} {:>11} {:>11}",
-        "operation", "count", "p50", "p99", "max"
-    );
+    println!("{:<34} {:>6} {:>11} {:>11} {:>11}", "operation", "count", "p50", "p99", "max");
     for (name, l) in [
         ("register_patient (no dup. check)", &mut register),
         ("add_encounter (existing patient)", &mut encounter),
         ("get_patient with encounters (read)", &mut reads),
     ] {
-        println!(
-            "{:<34} {:>6} {:>11} {:>11} {:>11}",
-            name,
-            l.len(),
-            ms(l.p(0.5)),
-            ms(l.p(0.99)),
-            ms(l.max())
-        );
+        println!("{:<34} {:>6} {:>11} {:>11} {:>11}", name, l.len(), ms(l.p(0.5)), ms(l.p(0.99)), ms(l.max()));
     }
-    Ok(WriteFigures {
-        register,
-        encounter,
-    })
+    Ok(WriteFigures { register, encounter })
 }
 
 fn encounter_draft(e: &EncounterFields) -> EncounterDraft {
@@ -461,9 +368,7 @@ fn encounter_draft(e: &EncounterFields) -> EncounterDraft {
 fn database_size(db: &Path, patients: usize) -> Result<f64> {
     let conn = rusqlite::Connection::open(db)?;
     let (busy, _, _): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     if busy != 0 {
         println!("warning: the WAL checkpoint was blocked; sizes include the WAL");
     }
@@ -481,18 +386,12 @@ fn database_size(db: &Path, patients: usize) -> Result<f64> {
     // dbstat is compiled into the bundled SQLite; skip the breakdown if not.
     let breakdown = conn
         .prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 12")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect()
-        });
+        .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?.collect());
     match breakdown {
         Ok(rows) => {
             let rows: Vec<(String, i64)> = rows;
             for (name, bytes) in rows {
-                println!(
-                    "  {name:<40} {bytes:>12} bytes  {:>7.0} per patient",
-                    bytes as f64 / patients as f64
-                );
+                println!("  {name:<40} {bytes:>12} bytes  {:>7.0} per patient", bytes as f64 / patients as f64);
             }
         }
         Err(e) => println!("  (no per-table breakdown: {e})"),
@@ -562,9 +461,7 @@ fn server_figures(data_dir: &Path) -> Result<ServerFigures> {
         ms(starts[starts.len() - 1])
     );
 
-    let Some((mut child, port)) = last else {
-        bail!("no server left running")
-    };
+    let Some((mut child, port)) = last else { bail!("no server left running") };
     let result = idle_rss(&child, port);
     stop(&mut child);
     let (rss_kb, hwm_kb) = result?;
@@ -574,10 +471,7 @@ fn server_figures(data_dir: &Path) -> Result<ServerFigures> {
         IDLE_REQUESTS,
         IDLE_BEFORE_RSS.as_secs()
     );
-    Ok(ServerFigures {
-        cold_start_median: median,
-        idle_rss_mb,
-    })
+    Ok(ServerFigures { cold_start_median: median, idle_rss_mb })
 }
 
 const IDLE_REQUESTS: usize = 20;
@@ -588,17 +482,10 @@ fn idle_rss(child: &Child, port: u16) -> Result<(u64, u64)> {
         http_get(port, path).with_context(|| format!("GET {path}"))?;
     }
     std::thread::sleep(IDLE_BEFORE_RSS);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .context("reading /proc/PID/status")?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).context("reading /proc/PID/status")?;
     let field = |name: &str| -> Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in status"))?;
-        let kb = line
-            .split_whitespace()
-            .nth(1)
-            .context("malformed status line")?;
+        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} in status"))?;
+        let kb = line.split_whitespace().nth(1).context("malformed status line")?;
         Ok(kb.parse()?)
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
@@ -630,19 +517,13 @@ fn spawn_serve(bin: &Path, data_dir: &Path, port: u16, log: &Path) -> Result<Chi
 fn wait_healthy(child: &mut Child, port: u16, spawned: Instant, log: &Path) -> Result<Duration> {
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "edge serve exited with {status} before answering; its output:\n{}",
-                tail(log)
-            );
+            bail!("edge serve exited with {status} before answering; its output:\n{}", tail(log));
         }
         if let Ok(200) = http_get(port, "/health") {
             return Ok(spawned.elapsed());
         }
         if spawned.elapsed() > START_DEADLINE {
-            bail!(
-                "edge serve did not answer GET /health within {START_DEADLINE:?}; its output:\n{}",
-                tail(log)
-            );
+            bail!("edge serve did not answer GET /health within {START_DEADLINE:?}; its output:\n{}", tail(log));
         }
         std::thread::sleep(HEALTH_POLL);
     }
@@ -653,10 +534,7 @@ fn http_get(port: u16, path: &str) -> Result<u16> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let head = String::from_utf8_lossy(&response[..response.len().min(64)]).into_owned();
@@ -720,9 +598,5 @@ fn ms(d: Duration) -> String {
 }
 
 fn per_second(count: usize, secs: f64) -> f64 {
-    if secs > 0.0 {
-        count as f64 / secs
-    } else {
-        f64::INFINITY
-    }
+    if secs > 0.0 { count as f64 / secs } else { f64::INFINITY }
 }

@@ -149,7 +149,13 @@ impl TokenKeys {
     /// A bearer token for `user`, valid for the configured time.
     pub fn issue(&self, user: &CurrentUser) -> Result<(String, i64), AuthError> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = Claims { sub: user.id, name: user.username.clone(), role: user.role, iat: now, exp: now + self.ttl_seconds };
+        let claims = Claims {
+            sub: user.id,
+            name: user.username.clone(),
+            role: user.role,
+            iat: now,
+            exp: now + self.ttl_seconds,
+        };
         Ok((jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?, claims.exp))
     }
 

@@ -137,9 +137,8 @@ fn user_add(config: &Config, username: &str, role: &str) -> anyhow::Result<()> {
     }
     let store = open_store(config)?;
     let hash = hash_password(password)?;
-    let user = store
-        .blocking_write(|w| crate::store::insert_user(w.conn(), &username, role, &hash))
-        .map_err(|e| match e {
+    let user =
+        store.blocking_write(|w| crate::store::insert_user(w.conn(), &username, role, &hash)).map_err(|e| match e {
             crate::store::StoreError::UsernameTaken => anyhow::anyhow!("the username {username} is already taken"),
             other => anyhow::Error::new(other),
         })?;
@@ -159,8 +158,11 @@ fn enroll(config: &Config, options: crate::sync::EnrollOptions) -> anyhow::Resul
 
 fn sync(config: &Config) -> anyhow::Result<()> {
     let store = open_store(config)?;
-    let pushed = small_runtime()?
-        .block_on(crate::sync::push(&store, &config.data_dir, santerurale_shared::sync::PushConfig::default()));
+    let pushed = small_runtime()?.block_on(crate::sync::push(
+        &store,
+        &config.data_dir,
+        santerurale_shared::sync::PushConfig::default(),
+    ));
     match pushed {
         Ok(r) => {
             println!(
@@ -170,7 +172,8 @@ fn sync(config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => {
-            let kind = if e.is_retryable() { "will succeed once the hub is reachable again" } else { "needs an operator" };
+            let kind =
+                if e.is_retryable() { "will succeed once the hub is reachable again" } else { "needs an operator" };
             bail!("sync failed ({kind}): {}", e.display_message())
         }
     }
@@ -190,7 +193,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = config.listen;
         let state = AppState::open(config)?;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         let shown = if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
         tracing::info!(address = %local, "edge listening");

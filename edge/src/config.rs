@@ -114,7 +114,8 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
@@ -150,7 +151,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(CONFIG_FILE), "clinic_name = \"CSCom de Kati\"\nsession_ttl_minutes = 30\n")
             .expect("write");
-        let o = Overrides { data_dir: Some(dir.path().to_owned()), session_ttl_minutes: Some(45), ..Overrides::default() };
+        let o =
+            Overrides { data_dir: Some(dir.path().to_owned()), session_ttl_minutes: Some(45), ..Overrides::default() };
         let c = Config::load(&o, Some("127.0.0.1:9000".parse().expect("addr"))).expect("load");
         assert_eq!(c.clinic_name, "CSCom de Kati");
         assert_eq!(c.session_ttl_minutes, 45);

@@ -16,11 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 
 const PASSWORD: &str = "motdepasse1";
-const ACCOUNTS: [(&str, Role); 3] = [
-    ("admin", Role::Admin),
-    ("clinic", Role::Clinician),
-    ("reg", Role::Registrar),
-];
+const ACCOUNTS: [(&str, Role); 3] = [("admin", Role::Admin), ("clinic", Role::Clinician), ("reg", Role::Registrar)];
 const LOGIN: &str = "/api/v1/auth/login";
 const PATIENTS: &str = "/api/v1/patients";
 const USERS: &str = "/api/v1/users";
@@ -39,10 +35,7 @@ impl App {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().into();
-        let config = edge::config::Config {
-            data_dir,
-            ..Default::default()
-        };
+        let config = edge::config::Config { data_dir, ..Default::default() };
         let state = AppState::open(config).expect("open state");
         for (name, role) in ACCOUNTS {
             let hash = password_hash().to_owned();
@@ -56,21 +49,12 @@ impl App {
             let _ = stopped.await;
         }));
         let client = Client::new();
-        Self {
-            base,
-            state,
-            client,
-            dir,
-            _stop: stop,
-        }
+        Self { base, state, client, dir, _stop: stop }
     }
 
     /// A caller sending this `Authorization` header, or none.
     fn caller(&self, authorization: Option<String>) -> Api<'_> {
-        Api {
-            app: self,
-            authorization,
-        }
+        Api { app: self, authorization }
     }
 
     fn anonymous(&self) -> Api<'_> {
@@ -105,11 +89,7 @@ fn password_hash() -> &'static str {
 }
 
 fn counts(patients: u64, encounters: u64, outbox_pending: u64) -> Counts {
-    Counts {
-        patients,
-        encounters,
-        outbox_pending,
-    }
+    Counts { patients, encounters, outbox_pending }
 }
 
 struct Api<'a> {
@@ -158,12 +138,7 @@ impl Api<'_> {
         let content_type = content_type.unwrap_or_default().to_owned();
         let text = response.text().await.expect("body");
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            content_type,
-            text,
-            json,
-        }
+        Reply { status, content_type, text, json }
     }
 
     async fn register(&self, patient: &Value) -> Value {
@@ -208,12 +183,7 @@ impl Reply {
         let body = self.error(422, "validation_failed");
         let text = |v: &Value| v.as_str().expect("a string").to_owned();
         let pair = |f: &Value| (text(&f["field"]), text(&f["code"]));
-        body["fields"]
-            .as_array()
-            .expect("fields")
-            .iter()
-            .map(pair)
-            .collect()
+        body["fields"].as_array().expect("fields").iter().map(pair).collect()
     }
 }
 
@@ -547,11 +517,7 @@ mod validation {
             let json = Some("application/json");
             self.raw(json, "{,}").await.error(400, "invalid_json");
             self.raw(json, "").await.error(400, "invalid_json");
-            for ct in [
-                None,
-                Some("text/plain"),
-                Some("application/x-www-form-urlencoded"),
-            ] {
+            for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
                 let reply = self.raw(ct, "{}").await;
                 reply.error(415, "unsupported_media_type");
             }
@@ -565,12 +531,7 @@ mod validation {
 
     async fn target<'a>(app: &'a App, user: &str, method: Method, path: &str) -> Target<'a> {
         let api = app.signed_in(user).await;
-        Target {
-            app,
-            api,
-            method,
-            path: path.to_owned(),
-        }
+        Target { app, api, method, path: path.to_owned() }
     }
 
     #[tokio::test]
@@ -730,8 +691,7 @@ mod patients {
         let patched = clinic.patch(&path, &changes).await.expect(200);
         conforms("Patient", &patched);
         assert!(timestamp(&patched["updated_at"]) > timestamp(&created["updated_at"]));
-        let server_made =
-            json!({ "whatsapp_consent_date": day(0), "updated_at": patched["updated_at"] });
+        let server_made = json!({ "whatsapp_consent_date": day(0), "updated_at": patched["updated_at"] });
         let expected = with(&with(&created, &changes), &server_made);
         assert_eq!(patched, expected, "only the named fields change");
 
@@ -755,10 +715,7 @@ mod patients {
             "temperature_c": 38.9, "bp_systolic": 120, "bp_diastolic": 80
         });
         let adult_encounters = format!("{path}/encounters");
-        let adult = clinic
-            .post(&adult_encounters, &consultation)
-            .await
-            .expect(201);
+        let adult = clinic.post(&adult_encounters, &consultation).await.expect(201);
         assert_eq!(adult["date"], day(0), "the date defaults to today");
         assert_eq!(adult["icd10"], "B54", "trimmed and upper-cased");
         assert_eq!(adult["age_group"], "15_plus");
@@ -894,9 +851,7 @@ mod document {
         ("get", "/api/v1/users"),
         ("post", "/api/v1/users"),
     ];
-    const METHODS: &[&str] = &[
-        "get", "put", "post", "delete", "options", "head", "patch", "trace",
-    ];
+    const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
     const SCHEMAS: &[&str] = &[
         "Patient",
         "PatientDraft",
@@ -996,9 +951,7 @@ mod document {
             let documented = op["responses"].get(&status).is_some();
             assert!(documented, "{method} {path}: {status}");
             let anonymous = app.anonymous();
-            let anonymous = anonymous
-                .send(method.clone(), &concrete, body.as_ref())
-                .await;
+            let anonymous = anonymous.send(method.clone(), &concrete, body.as_ref()).await;
             let open = op["security"] == json!([]);
             assert_eq!(anonymous.status != 401, open, "{method} {path}: security");
             let has_401 = op["responses"].get("401").is_some();
@@ -1011,8 +964,7 @@ mod operations {
     use super::*;
 
     fn sample(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     #[tokio::test]
@@ -1056,16 +1008,7 @@ mod operations {
         assert_eq!(sample(&text, "edge_encounters"), Some(1.0));
         assert_eq!(sample(&text, "edge_outbox_pending_changes"), Some(2.0));
         let id = patient["id"].as_str().expect("id");
-        for secret in [
-            id,
-            "Aminata",
-            "Traor",
-            "76123456",
-            "Kati",
-            "toux",
-            "not-a-uuid",
-            "probe",
-        ] {
+        for secret in [id, "Aminata", "Traor", "76123456", "Kati", "toux", "not-a-uuid", "probe"] {
             assert!(!text.contains(secret), "{secret:?} leaked into:\n{text}");
         }
     }

@@ -20,8 +20,8 @@ use edge::AppState;
 use edge::sync::{EnrollError, EnrollOptions, SyncError};
 use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{
-    BatchPolicy, ErrorBody, PUSH_PATH, PushConfig, PushResponse, SignedHeaders, VerifyingKey,
-    decode_push, encode_push_response, verify,
+    BatchPolicy, ErrorBody, PUSH_PATH, PushConfig, PushResponse, SignedHeaders, VerifyingKey, decode_push,
+    encode_push_response, verify,
 };
 use santerurale_shared::{DeviceId, PatientDraft, SiteId};
 use serde_json::{Value, json};
@@ -61,11 +61,7 @@ fn lock(hub: &Shared) -> std::sync::MutexGuard<'_, Hub> {
 }
 
 fn error(status: StatusCode, code: &str, retryable: bool) -> Response {
-    let body = ErrorBody {
-        code: code.into(),
-        message: format!("fake hub says {code}"),
-        retryable,
-    };
+    let body = ErrorBody { code: code.into(), message: format!("fake hub says {code}"), retryable };
     (status, Json(body)).into_response()
 }
 
@@ -77,19 +73,10 @@ async fn enroll_handler(State(hub): State<Shared>, Json(body): Json<Value>) -> R
         _ => Some((StatusCode::UNAUTHORIZED, "invalid_token")),
     };
     if let Some((status, code)) = problem {
-        return (
-            status,
-            Json(json!({ "code": code, "message": "fake hub refuses the token" })),
-        )
-            .into_response();
+        return (status, Json(json!({ "code": code, "message": "fake hub refuses the token" }))).into_response();
     }
-    let device_id: DeviceId = body["device_id"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("device_id");
-    let raw = URL_SAFE_NO_PAD
-        .decode(body["public_key"].as_str().expect("public_key"))
-        .expect("base64url");
+    let device_id: DeviceId = body["device_id"].as_str().and_then(|s| s.parse().ok()).expect("device_id");
+    let raw = URL_SAFE_NO_PAD.decode(body["public_key"].as_str().expect("public_key")).expect("base64url");
     let key = VerifyingKey::from_bytes(&raw.try_into().expect("32 bytes")).expect("a valid key");
     let mut hub = lock(&hub);
     let site_id = *hub.site_id.get_or_insert_with(SiteId::new);
@@ -99,9 +86,7 @@ async fn enroll_handler(State(hub): State<Shared>, Json(body): Json<Value>) -> R
 }
 
 async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(signed) =
-        SignedHeaders::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()))
-    else {
+    let Ok(signed) = SignedHeaders::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok())) else {
         return error(StatusCode::UNAUTHORIZED, codes::MISSING_HEADER, false);
     };
     let mut guard = lock(&hub);
@@ -120,25 +105,14 @@ async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", true);
     }
     let request = decode_push(&body, 16 << 20).expect("a push body");
-    assert_eq!(
-        request.device_id, signed.device_id,
-        "the body's device is the signer"
-    );
-    assert!(
-        request.batch.windows(2).all(|w| w[0].seq < w[1].seq),
-        "ascending batch"
-    );
-    if guard
-        .max_changes
-        .is_some_and(|max| request.batch.len() > max)
-    {
+    assert_eq!(request.device_id, signed.device_id, "the body's device is the signer");
+    assert!(request.batch.windows(2).all(|w| w[0].seq < w[1].seq), "ascending batch");
+    if guard.max_changes.is_some_and(|max| request.batch.len() > max) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE, false);
     }
     let (mut applied, mut duplicates) = (0, 0);
     for change in &request.batch {
-        let hash = automerge::Change::from_bytes(change.change.clone())
-            .expect("an Automerge change")
-            .hash();
+        let hash = automerge::Change::from_bytes(change.change.clone()).expect("an Automerge change").hash();
         let count = guard.received.entry(hash.to_string()).or_default();
         *count += 1;
         if *count == 1 {
@@ -155,16 +129,8 @@ async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes
         panic!("fake hub drops the connection after storing the batch");
     }
     let acked_through = request.batch.last().map_or(0, |c| c.seq);
-    let response = PushResponse {
-        acked_through,
-        applied,
-        duplicates,
-    };
-    (
-        StatusCode::OK,
-        encode_push_response(&response).expect("encode"),
-    )
-        .into_response()
+    let response = PushResponse { acked_through, applied, duplicates };
+    (StatusCode::OK, encode_push_response(&response).expect("encode")).into_response()
 }
 
 /// Starts the fake hub; returns its base URL and its state.
@@ -175,9 +141,7 @@ async fn start_hub() -> (String, Shared) {
         .route(PUSH_PATH, post(push_handler))
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .with_state(hub.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, hub)
@@ -191,10 +155,7 @@ struct Edge {
 impl Edge {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = edge::config::Config {
-            data_dir: dir.path().into(),
-            ..Default::default()
-        };
+        let config = edge::config::Config { data_dir: dir.path().into(), ..Default::default() };
         let state = AppState::open(config).expect("open");
         Self { _dir: dir, state }
     }
@@ -203,17 +164,9 @@ impl Edge {
         &self.state.config.data_dir
     }
 
-    async fn enroll(
-        &self,
-        hub_url: &str,
-        token: &str,
-    ) -> Result<edge::sync::Enrollment, EnrollError> {
-        let options = EnrollOptions {
-            hub_url: hub_url.into(),
-            token: token.into(),
-            force: false,
-            insecure_http: false,
-        };
+    async fn enroll(&self, hub_url: &str, token: &str) -> Result<edge::sync::Enrollment, EnrollError> {
+        let options =
+            EnrollOptions { hub_url: hub_url.into(), token: token.into(), force: false, insecure_http: false };
         edge::sync::enroll(&self.state.store, self.data_dir(), options).await
     }
 
@@ -228,11 +181,7 @@ impl Edge {
                 village: Some("Kati".into()),
                 ..PatientDraft::default()
             };
-            self.state
-                .store
-                .write(move |w| w.register(&draft, true))
-                .await
-                .expect("register");
+            self.state.store.write(move |w| w.register(&draft, true)).await.expect("register");
         }
     }
 
@@ -241,12 +190,8 @@ impl Edge {
         self.state
             .store
             .read(|c| {
-                let mut stmt = c.prepare(
-                    "SELECT seq, change_hash, acked_at IS NOT NULL FROM outbox ORDER BY seq",
-                )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok((r.get::<_, i64>(0)?.unsigned_abs(), r.get(1)?, r.get(2)?))
-                })?;
+                let mut stmt = c.prepare("SELECT seq, change_hash, acked_at IS NOT NULL FROM outbox ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?.unsigned_abs(), r.get(1)?, r.get(2)?)))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
             .await
@@ -255,14 +200,8 @@ impl Edge {
 
     async fn push(&self, ceiling: u32) -> Result<edge::sync::SyncReport, SyncError> {
         let config = PushConfig {
-            ceiling: BatchPolicy {
-                max_changes: ceiling,
-                max_bytes: 1 << 20,
-            },
-            floor: BatchPolicy {
-                max_changes: 1,
-                max_bytes: 1,
-            },
+            ceiling: BatchPolicy { max_changes: ceiling, max_bytes: 1 << 20 },
+            floor: BatchPolicy { max_changes: 1, max_bytes: 1 },
             base_delay: std::time::Duration::ZERO,
             max_delay: std::time::Duration::ZERO,
         };
@@ -287,72 +226,30 @@ async fn enrollment_stores_the_site_and_a_private_key() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&key_path)
-            .expect("key file")
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&key_path).expect("key file").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let key = edge::sync::keys::load(edge.data_dir()).expect("key");
-    assert_eq!(
-        lock(&hub).devices.get(&done.device_id),
-        Some(&key.verifying_key()),
-        "the hub holds our public key"
-    );
+    assert_eq!(lock(&hub).devices.get(&done.device_id), Some(&key.verifying_key()), "the hub holds our public key");
 
     // A second enrollment needs --force, and keeps the first key meanwhile.
-    assert!(matches!(
-        edge.enroll(&url, TOKEN).await,
-        Err(EnrollError::AlreadyEnrolled { .. })
-    ));
-    assert_eq!(
-        edge::sync::keys::load(edge.data_dir())
-            .expect("key")
-            .to_bytes(),
-        key.to_bytes()
-    );
-    let forced = EnrollOptions {
-        hub_url: url.clone(),
-        token: TOKEN.into(),
-        force: true,
-        insecure_http: false,
-    };
-    edge::sync::enroll(&edge.state.store, edge.data_dir(), forced)
-        .await
-        .expect("forced enrollment");
-    assert_ne!(
-        edge::sync::keys::load(edge.data_dir())
-            .expect("key")
-            .to_bytes(),
-        key.to_bytes()
-    );
+    assert!(matches!(edge.enroll(&url, TOKEN).await, Err(EnrollError::AlreadyEnrolled { .. })));
+    assert_eq!(edge::sync::keys::load(edge.data_dir()).expect("key").to_bytes(), key.to_bytes());
+    let forced = EnrollOptions { hub_url: url.clone(), token: TOKEN.into(), force: true, insecure_http: false };
+    edge::sync::enroll(&edge.state.store, edge.data_dir(), forced).await.expect("forced enrollment");
+    assert_ne!(edge::sync::keys::load(edge.data_dir()).expect("key").to_bytes(), key.to_bytes());
 }
 
 #[tokio::test]
 async fn a_refused_enrollment_leaves_no_key_and_no_site() {
     let (url, _hub) = start_hub().await;
     let edge = Edge::new();
-    assert!(matches!(
-        edge.enroll(&url, USED_TOKEN).await,
-        Err(EnrollError::TokenGone { .. })
-    ));
-    assert!(matches!(
-        edge.enroll(&url, "wrong").await,
-        Err(EnrollError::TokenRejected { .. })
-    ));
+    assert!(matches!(edge.enroll(&url, USED_TOKEN).await, Err(EnrollError::TokenGone { .. })));
+    assert!(matches!(edge.enroll(&url, "wrong").await, Err(EnrollError::TokenRejected { .. })));
     let unreachable = edge.enroll("http://127.0.0.1:9", TOKEN).await;
-    assert!(
-        matches!(unreachable, Err(EnrollError::Network { .. })),
-        "{unreachable:?}"
-    );
-    let insecure = edge
-        .enroll("http://192.0.2.10:8443", TOKEN)
-        .await
-        .expect_err("refused");
-    assert!(
-        insecure.to_string().contains("--insecure-http"),
-        "{insecure}"
-    );
+    assert!(matches!(unreachable, Err(EnrollError::Network { .. })), "{unreachable:?}");
+    let insecure = edge.enroll("http://192.0.2.10:8443", TOKEN).await.expect_err("refused");
+    assert!(insecure.to_string().contains("--insecure-http"), "{insecure}");
 
     let files: Vec<_> = std::fs::read_dir(edge.data_dir())
         .expect("dir")
@@ -360,12 +257,7 @@ async fn a_refused_enrollment_leaves_no_key_and_no_site() {
         .filter(|n| n.starts_with("device.key"))
         .collect();
     assert!(files.is_empty(), "{files:?}");
-    assert!(
-        !edge::sync_status(&edge.state)
-            .await
-            .expect("status")
-            .enrolled
-    );
+    assert!(!edge::sync_status(&edge.state).await.expect("status").enrolled);
 }
 
 #[tokio::test]
@@ -376,24 +268,12 @@ async fn a_push_sends_every_change_once_in_order_and_marks_it_sent() {
     edge.record(12).await;
 
     let report = edge.push(5).await.expect("push");
-    assert_eq!(
-        (
-            report.pushed,
-            report.batches,
-            report.applied,
-            report.duplicates
-        ),
-        (12, 3, 12, 0)
-    );
+    assert_eq!((report.pushed, report.batches, report.applied, report.duplicates), (12, 3, 12, 0));
     let outbox = edge.outbox().await;
     assert!(outbox.iter().all(|(_, _, acked)| *acked));
     {
         let hub = lock(&hub);
-        assert_eq!(
-            hub.stored_seqs,
-            outbox.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
-            "seq order"
-        );
+        assert_eq!(hub.stored_seqs, outbox.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(), "seq order");
         for (_, hash, _) in &outbox {
             assert_eq!(hub.received.get(hash), Some(&1), "{hash} exactly once");
         }
@@ -420,11 +300,7 @@ async fn a_failure_midway_keeps_unacked_changes_and_a_retry_sends_them() {
     assert!(err.is_retryable(), "{err:?}");
     let outbox = edge.outbox().await;
     let pending: Vec<u64> = outbox.iter().filter(|r| !r.2).map(|r| r.0).collect();
-    assert_eq!(
-        pending,
-        outbox[10..].iter().map(|r| r.0).collect::<Vec<_>>(),
-        "the unacked batch is still pending"
-    );
+    assert_eq!(pending, outbox[10..].iter().map(|r| r.0).collect::<Vec<_>>(), "the unacked batch is still pending");
     let status = edge::sync_status(&edge.state).await.expect("status");
     assert_eq!(status.outbox_depth, 13);
     assert!(status.last_error.is_some() && status.last_error_at.is_some());
@@ -437,10 +313,7 @@ async fn a_failure_midway_keeps_unacked_changes_and_a_retry_sends_them() {
 
     let report = edge.push(5).await.expect("retry");
     assert_eq!(report.pushed, 13);
-    assert_eq!(
-        report.duplicates, 5,
-        "only the unacknowledged batch is sent twice"
-    );
+    assert_eq!(report.duplicates, 5, "only the unacknowledged batch is sent twice");
     let outbox = edge.outbox().await;
     assert!(outbox.iter().all(|r| r.2));
     {
@@ -450,16 +323,10 @@ async fn a_failure_midway_keeps_unacked_changes_and_a_retry_sends_them() {
             let expected = if (10..15).contains(&i) { 2 } else { 1 };
             assert_eq!(hub.received.get(hash), Some(&expected), "change {i}");
         }
-        assert_eq!(
-            hub.stored_seqs,
-            outbox.iter().map(|r| r.0).collect::<Vec<_>>()
-        );
+        assert_eq!(hub.stored_seqs, outbox.iter().map(|r| r.0).collect::<Vec<_>>());
     }
     let status = edge::sync_status(&edge.state).await.expect("status");
-    assert!(
-        status.last_error.is_none(),
-        "a success clears the last error"
-    );
+    assert!(status.last_error.is_none(), "a success clears the last error");
 }
 
 #[tokio::test]
@@ -487,9 +354,7 @@ async fn a_revoked_device_gets_a_permanent_error_shown_in_the_status() {
     edge.record(3).await;
     lock(&hub).revoked = true;
 
-    let err = edge::sync::run_once(&edge.state)
-        .await
-        .expect_err("revoked");
+    let err = edge::sync::run_once(&edge.state).await.expect_err("revoked");
     assert!(!err.is_retryable(), "{err:?}");
     let status = edge::sync_status(&edge.state).await.expect("status");
     let shown = status.last_error.expect("an error is recorded");
@@ -504,17 +369,8 @@ async fn changes_made_before_enrollment_are_pushed_after_it() {
     let (url, hub) = start_hub().await;
     let edge = Edge::new();
     edge.record(4).await;
-    assert!(matches!(
-        edge::sync::run_once(&edge.state).await,
-        Err(SyncError::NotEnrolled)
-    ));
-    assert!(
-        edge::sync_status(&edge.state)
-            .await
-            .expect("status")
-            .last_error
-            .is_none()
-    );
+    assert!(matches!(edge::sync::run_once(&edge.state).await, Err(SyncError::NotEnrolled)));
+    assert!(edge::sync_status(&edge.state).await.expect("status").last_error.is_none());
 
     edge.enroll(&url, TOKEN).await.expect("enroll");
     let report = edge::sync::run_once(&edge.state).await.expect("push");

@@ -38,10 +38,7 @@ const KEY_BYTES: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read or create the token-signing key {path}")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    KeyFile { path: PathBuf, source: std::io::Error },
     #[error("password hashing failed: {0}")]
     Hash(argon2::password_hash::Error),
     #[error("invalid token")]
@@ -96,25 +93,19 @@ impl CurrentUser {
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized(
-                "sign in first: send Authorization: Bearer <token> from POST /api/v1/auth/login",
-            )
+            ApiError::unauthorized("sign in first: send Authorization: Bearer <token> from POST /api/v1/auth/login")
         })?;
         let token = value
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be: Bearer <token>")
-            })?;
-        state.tokens.verify(token.trim()).map_err(|_| {
-            ApiError::unauthorized("the token is invalid or has expired; sign in again")
-        })
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?;
+        state
+            .tokens
+            .verify(token.trim())
+            .map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
     }
 }
 
@@ -132,20 +123,13 @@ pub fn check_password_policy(password: &str) -> Result<(), &'static str> {
 
 /// An argon2id PHC string. Slow on purpose: call it off the async runtime.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(AuthError::Hash)
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AuthError::Hash)
 }
 
 /// Constant-time check of `password` against a PHC string.
 #[must_use]
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
-    })
+    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 /// A hash checked against when a username is unknown, so that refusals take
@@ -210,17 +194,9 @@ impl TokenKeys {
     pub fn from_secrets(secrets: BTreeMap<String, Vec<u8>>, ttl_minutes: u32) -> Self {
         let keys = secrets
             .into_iter()
-            .map(|(kid, s)| {
-                (
-                    kid,
-                    (EncodingKey::from_secret(&s), DecodingKey::from_secret(&s)),
-                )
-            })
+            .map(|(kid, s)| (kid, (EncodingKey::from_secret(&s), DecodingKey::from_secret(&s))))
             .collect();
-        Self {
-            keys,
-            ttl_seconds: i64::from(ttl_minutes) * 60,
-        }
+        Self { keys, ttl_seconds: i64::from(ttl_minutes) * 60 }
     }
 
     /// The kid new tokens are signed with.
@@ -242,36 +218,22 @@ impl TokenKeys {
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(kid.clone());
-        Ok((
-            jsonwebtoken::encode(&header, &claims, encoding)?,
-            claims.exp,
-        ))
+        Ok((jsonwebtoken::encode(&header, &claims, encoding)?, claims.exp))
     }
 
     /// The user a valid, unexpired token was issued to.
     pub fn verify(&self, token: &str) -> Result<CurrentUser, AuthError> {
         let header = jsonwebtoken::decode_header(token)?;
-        let (_, decoding) = header
-            .kid
-            .as_ref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(AuthError::UnknownKey)?;
+        let (_, decoding) = header.kid.as_ref().and_then(|kid| self.keys.get(kid)).ok_or(AuthError::UnknownKey)?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         let data = jsonwebtoken::decode::<Claims>(token, decoding, &validation)?;
-        Ok(CurrentUser {
-            id: data.claims.sub,
-            username: data.claims.name,
-            role: data.claims.role,
-        })
+        Ok(CurrentUser { id: data.claims.sub, username: data.claims.name, role: data.claims.role })
     }
 }
 
 fn read_keys(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, AuthError> {
-    let err = |path: &Path, source| AuthError::KeyFile {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |path: &Path, source| AuthError::KeyFile { path: path.to_owned(), source };
     let mut keys = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -280,19 +242,12 @@ fn read_keys(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, AuthError> {
     };
     for entry in entries {
         let path = entry.map_err(|e| err(dir, e))?.path();
-        let Some(kid) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".key"))
-        else {
+        let Some(kid) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".key")) else {
             continue;
         };
         let secret = std::fs::read(&path).map_err(|e| err(&path, e))?;
         if secret.len() < KEY_BYTES {
-            return Err(err(
-                &path,
-                std::io::Error::other("key file is shorter than 32 bytes"),
-            ));
+            return Err(err(&path, std::io::Error::other("key file is shorter than 32 bytes")));
         }
         keys.insert(kid.to_owned(), secret);
     }
@@ -300,10 +255,7 @@ fn read_keys(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, AuthError> {
 }
 
 fn write_new_key(dir: &Path) -> Result<(String, Vec<u8>), AuthError> {
-    let err = |path: &Path, source| AuthError::KeyFile {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |path: &Path, source| AuthError::KeyFile { path: path.to_owned(), source };
     let mut builder = std::fs::DirBuilder::new();
     std::os::unix::fs::DirBuilderExt::mode(builder.recursive(true), 0o700);
     builder.create(dir).map_err(|e| err(dir, e))?;
@@ -316,9 +268,7 @@ fn write_new_key(dir: &Path) -> Result<(String, Vec<u8>), AuthError> {
     let mut opts = std::fs::OpenOptions::new();
     std::os::unix::fs::OpenOptionsExt::mode(opts.write(true).create_new(true), 0o600);
     let mut f = opts.open(&tmp).map_err(|e| err(&tmp, e))?;
-    f.write_all(&secret)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err(&tmp, e))?;
+    f.write_all(&secret).and_then(|()| f.sync_all()).map_err(|e| err(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))?;
     Ok((kid, secret))
 }
@@ -334,10 +284,7 @@ struct LoginRequest {
     password: String,
 }
 
-async fn login(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<LoginRequest>,
-) -> Result<Response, ApiError> {
+async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> Result<Response, ApiError> {
     let found = crate::users::find_credentials(&state.db, req.username.trim()).await?;
     let (user, phc) = match found {
         Some((user, phc)) => (Some(user), phc),
@@ -357,19 +304,9 @@ async fn login(
             ));
         }
     };
-    let current = CurrentUser {
-        id: user.id,
-        username: user.username,
-        role: user.role,
-    };
-    let (token, exp) = state
-        .tokens
-        .issue(&current)
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(
-        json!({ "token": token, "token_type": "Bearer", "expires_at": exp, "role": current.role }),
-    )
-    .into_response())
+    let current = CurrentUser { id: user.id, username: user.username, role: user.role };
+    let (token, exp) = state.tokens.issue(&current).map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(json!({ "token": token, "token_type": "Bearer", "expires_at": exp, "role": current.role })).into_response())
 }
 
 #[cfg(test)]
@@ -377,11 +314,7 @@ mod tests {
     use super::*;
 
     fn user() -> CurrentUser {
-        CurrentUser {
-            id: UserId::new(),
-            username: "awa".into(),
-            role: Role::Admin,
-        }
+        CurrentUser { id: UserId::new(), username: "awa".into(), role: Role::Admin }
     }
 
     #[test]
@@ -397,22 +330,12 @@ mod tests {
     fn tokens_carry_a_kid_and_reject_tampering() {
         let keys = TokenKeys::from_secrets(BTreeMap::from([("a".to_owned(), vec![7; 32])]), 5);
         let (token, _) = keys.issue(&user()).expect("issue");
-        assert_eq!(
-            jsonwebtoken::decode_header(&token)
-                .expect("header")
-                .kid
-                .as_deref(),
-            Some("a")
-        );
+        assert_eq!(jsonwebtoken::decode_header(&token).expect("header").kid.as_deref(), Some("a"));
         assert_eq!(keys.verify(&token).expect("verify").username, "awa");
         let other = TokenKeys::from_secrets(BTreeMap::from([("a".to_owned(), vec![8; 32])]), 5);
         assert!(other.verify(&token).is_err());
-        let unknown_kid =
-            TokenKeys::from_secrets(BTreeMap::from([("b".to_owned(), vec![7; 32])]), 5);
-        assert!(matches!(
-            unknown_kid.verify(&token),
-            Err(AuthError::UnknownKey)
-        ));
+        let unknown_kid = TokenKeys::from_secrets(BTreeMap::from([("b".to_owned(), vec![7; 32])]), 5);
+        assert!(matches!(unknown_kid.verify(&token), Err(AuthError::UnknownKey)));
         let mut tampered = token.clone();
         tampered.pop();
         assert!(keys.verify(&tampered).is_err());
@@ -428,18 +351,10 @@ mod tests {
         assert_eq!(after.current_kid(), Some(new_kid.as_str()));
         assert!(after.verify(&old_token).is_ok());
         let (new_token, _) = after.issue(&user()).expect("issue");
-        assert_eq!(
-            jsonwebtoken::decode_header(&new_token).expect("header").kid,
-            Some(new_kid)
-        );
+        assert_eq!(jsonwebtoken::decode_header(&new_token).expect("header").kid, Some(new_kid));
         use std::os::unix::fs::PermissionsExt as _;
         for entry in std::fs::read_dir(dir.path().join(KEYS_DIR)).expect("dir") {
-            let mode = entry
-                .expect("entry")
-                .metadata()
-                .expect("meta")
-                .permissions()
-                .mode();
+            let mode = entry.expect("entry").metadata().expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

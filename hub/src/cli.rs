@@ -14,11 +14,7 @@ use crate::config::{Config, LogFormat, Overrides};
 use crate::db::Database;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "hub",
-    version,
-    about = "Santé Rurale hub: the central server the clinics sync with"
-)]
+#[command(name = "hub", version, about = "Santé Rurale hub: the central server the clinics sync with")]
 pub struct Cli {
     #[command(flatten)]
     pub overrides: Overrides,
@@ -74,18 +70,12 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve { listen: None }) {
         Command::Serve { .. } => runtime()?.block_on(serve(config)),
         Command::User(UserCommand::Add { username, role }) => {
-            let Some(role) = Role::parse(&role) else {
-                bail!("role must be admin")
-            };
+            let Some(role) = Role::parse(&role) else { bail!("role must be admin") };
             let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("cannot read the password from standard input")?;
+            std::io::stdin().read_to_string(&mut input).context("cannot read the password from standard input")?;
             let password = input.lines().next().unwrap_or_default().to_owned();
             runtime()?.block_on(async move {
-                let db = Database::open(&config)
-                    .await
-                    .context("cannot open the database")?;
+                let db = Database::open(&config).await.context("cannot open the database")?;
                 let result = crate::users::add_user(&db.pool, &username, role, &password).await;
                 db.close().await.context("cannot close the database")?;
                 let user = result?;
@@ -108,9 +98,7 @@ pub fn run() -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -118,22 +106,16 @@ fn init_logging(format: LogFormat) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let db = Database::open(&config)
-        .await
-        .context("cannot open the database")?;
+    let db = Database::open(&config).await.context("cannot open the database")?;
     let result = async {
         let state = AppState::new(config, db.pool.clone())?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "hub listening");
         println!("Santé Rurale hub is running on http://{local}/");

@@ -84,12 +84,7 @@ impl DatabaseUrl {
             return url.clone();
         };
         match rest[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end],
-                &rest[..colon],
-                &rest[at..]
-            ),
+            Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
             None => url.clone(),
         }
     }
@@ -119,12 +114,7 @@ pub struct Overrides {
     pub db_pool_size: Option<u32>,
     #[arg(long, env = "HUB_TOKEN_TTL_MINUTES", global = true, hide = true)]
     pub token_ttl_minutes: Option<u32>,
-    #[arg(
-        long,
-        env = "HUB_ENROLLMENT_TOKEN_TTL_MINUTES",
-        global = true,
-        hide = true
-    )]
+    #[arg(long, env = "HUB_ENROLLMENT_TOKEN_TTL_MINUTES", global = true, hide = true)]
     pub enrollment_token_ttl_minutes: Option<u32>,
     #[arg(long, env = "HUB_SYNC_MAX_BODY_BYTES", global = true, hide = true)]
     pub sync_max_body_bytes: Option<usize>,
@@ -135,15 +125,9 @@ pub struct Overrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid setting {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
@@ -151,14 +135,8 @@ pub enum ConfigError {
 impl Config {
     /// Builds the effective configuration; `listen` comes from `serve --listen`.
     pub fn load(o: &Overrides, listen: Option<SocketAddr>) -> Result<Self, ConfigError> {
-        let data_dir = o
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| Self::default().data_dir);
-        let file = o
-            .config
-            .clone()
-            .or_else(|| Some(data_dir.join(CONFIG_FILE)).filter(|p| p.exists()));
+        let data_dir = o.data_dir.clone().unwrap_or_else(|| Self::default().data_dir);
+        let file = o.config.clone().or_else(|| Some(data_dir.join(CONFIG_FILE)).filter(|p| p.exists()));
         let mut config = match file {
             Some(path) => Self::from_file(&path)?,
             None => Self::default(),
@@ -175,13 +153,7 @@ impl Config {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
         }
-        set!(
-            db_pool_size,
-            token_ttl_minutes,
-            enrollment_token_ttl_minutes,
-            sync_max_body_bytes,
-            log_format
-        );
+        set!(db_pool_size, token_ttl_minutes, enrollment_token_ttl_minutes, sync_max_body_bytes, log_format);
         if let Some(addr) = listen {
             config.listen = addr;
         }
@@ -190,22 +162,14 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.token_ttl_minutes == 0 {
-            return Err(ConfigError::Invalid {
-                field: "token_ttl_minutes",
-                reason: "must be positive".into(),
-            });
+            return Err(ConfigError::Invalid { field: "token_ttl_minutes", reason: "must be positive".into() });
         }
         if self.enrollment_token_ttl_minutes == 0 {
             return Err(ConfigError::Invalid {
@@ -214,16 +178,10 @@ impl Config {
             });
         }
         if self.sync_max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                field: "sync_max_body_bytes",
-                reason: "at least 1024".into(),
-            });
+            return Err(ConfigError::Invalid { field: "sync_max_body_bytes", reason: "at least 1024".into() });
         }
         if self.db_pool_size == 0 {
-            return Err(ConfigError::Invalid {
-                field: "db_pool_size",
-                reason: "must be positive".into(),
-            });
+            return Err(ConfigError::Invalid { field: "db_pool_size", reason: "must be positive".into() });
         }
         if let Some(url) = &self.database_url
             && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://"))
@@ -240,10 +198,7 @@ impl Config {
     #[must_use]
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.database_url = self
-            .database_url
-            .as_ref()
-            .map(|u| DatabaseUrl(u.redacted()));
+        shown.database_url = self.database_url.as_ref().map(|u| DatabaseUrl(u.redacted()));
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
@@ -255,11 +210,7 @@ mod tests {
     #[test]
     fn file_then_overrides() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            "token_ttl_minutes = 30\ndb_pool_size = 4\n",
-        )
-        .expect("write");
+        std::fs::write(dir.path().join(CONFIG_FILE), "token_ttl_minutes = 30\ndb_pool_size = 4\n").expect("write");
         let o = Overrides {
             data_dir: Some(dir.path().to_owned()),
             token_ttl_minutes: Some(45),
@@ -273,10 +224,7 @@ mod tests {
         assert_eq!(c.data_dir, dir.path());
         let toml = c.to_toml();
         assert!(!toml.contains("s3cret"), "{toml}");
-        assert!(
-            toml.contains("postgres://hub:***@db.example:5432/hub"),
-            "{toml}"
-        );
+        assert!(toml.contains("postgres://hub:***@db.example:5432/hub"), "{toml}");
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 
@@ -294,22 +242,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.toml");
         std::fs::write(&path, "listen_port = 1\n").expect("write");
-        let o = Overrides {
-            config: Some(path),
-            ..Overrides::default()
-        };
-        assert!(matches!(
-            Config::load(&o, None),
-            Err(ConfigError::Parse { .. })
-        ));
-        let o = Overrides {
-            database_url: Some("mysql://x".into()),
-            ..Overrides::default()
-        };
-        assert!(matches!(
-            Config::load(&o, None),
-            Err(ConfigError::Invalid { .. })
-        ));
+        let o = Overrides { config: Some(path), ..Overrides::default() };
+        assert!(matches!(Config::load(&o, None), Err(ConfigError::Parse { .. })));
+        let o = Overrides { database_url: Some("mysql://x".into()), ..Overrides::default() };
+        assert!(matches!(Config::load(&o, None), Err(ConfigError::Invalid { .. })));
     }
 
     #[test]

@@ -85,8 +85,7 @@ pub struct Device {
     pub outbox_depth: Option<i64>,
 }
 
-const DEVICE_COLUMNS: &str =
-    "id, site_id, public_key, enrolled_at, revoked_at, last_contact, outbox_depth";
+const DEVICE_COLUMNS: &str = "id, site_id, public_key, enrolled_at, revoked_at, last_contact, outbox_depth";
 
 fn device_from_row(row: &Row) -> Result<Device, DbError> {
     let key: Vec<u8> = row.try_get("public_key")?;
@@ -150,11 +149,9 @@ impl EnrollRequest {
             }
         };
         match (device_id, public_key) {
-            (Some(device_id), Some(public_key)) => errors.into_result(ValidEnroll {
-                token_hash: token_hash(token),
-                device_id,
-                public_key,
-            }),
+            (Some(device_id), Some(public_key)) => {
+                errors.into_result(ValidEnroll { token_hash: token_hash(token), device_id, public_key })
+            }
             _ => Err(errors),
         }
     }
@@ -191,9 +188,7 @@ impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         let msg = e.to_string();
         match e {
-            EnrollError::UnknownToken => {
-                Self::new(StatusCode::UNAUTHORIZED, "invalid_enrollment_token", msg)
-            }
+            EnrollError::UnknownToken => Self::new(StatusCode::UNAUTHORIZED, "invalid_enrollment_token", msg),
             EnrollError::Expired => Self::new(StatusCode::GONE, "enrollment_token_expired", msg),
             EnrollError::Used => Self::new(StatusCode::GONE, "enrollment_token_used", msg),
             EnrollError::DeviceExists => Self::conflict("device_already_enrolled", msg),
@@ -228,26 +223,16 @@ pub async fn create_token(
             "INSERT INTO enrollment_tokens (token_hash, site_id, expires_at)
              SELECT $1, id, now() + make_interval(mins => $3) FROM sites WHERE id = $2
              RETURNING expires_at",
-            &[
-                &token_hash(&token),
-                site.as_uuid(),
-                &i32::try_from(ttl_minutes).unwrap_or(i32::MAX),
-            ],
+            &[&token_hash(&token), site.as_uuid(), &i32::try_from(ttl_minutes).unwrap_or(i32::MAX)],
         )
         .await?;
     row.map(|row| -> Result<EnrollmentToken, DbError> {
-        Ok(EnrollmentToken {
-            token,
-            expires_at: row.try_get("expires_at")?,
-        })
+        Ok(EnrollmentToken { token, expires_at: row.try_get("expires_at")? })
     })
     .transpose()
 }
 
-async fn enroll_device(
-    pool: &deadpool_postgres::Pool,
-    req: &ValidEnroll,
-) -> Result<Enrolled, EnrollError> {
+async fn enroll_device(pool: &deadpool_postgres::Pool, req: &ValidEnroll) -> Result<Enrolled, EnrollError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let spent = tx
@@ -274,11 +259,7 @@ async fn enroll_device(
     let site_id: Uuid = spent.try_get("site_id")?;
     tx.execute(
         "INSERT INTO devices (id, site_id, public_key) VALUES ($1, $2, $3)",
-        &[
-            req.device_id.as_uuid(),
-            &site_id,
-            &req.public_key.as_slice(),
-        ],
+        &[req.device_id.as_uuid(), &site_id, &req.public_key.as_slice()],
     )
     .await
     .map_err(|e| {
@@ -295,9 +276,7 @@ async fn enroll_device(
         &[&req.token_hash, req.device_id.as_uuid()],
     )
     .await?;
-    let site = tx
-        .query_one("SELECT name, code FROM sites WHERE id = $1", &[&site_id])
-        .await?;
+    let site = tx.query_one("SELECT name, code FROM sites WHERE id = $1", &[&site_id]).await?;
     let enrolled = Enrolled {
         site_id: SiteId::from_uuid(site_id),
         device_id: req.device_id,
@@ -309,10 +288,7 @@ async fn enroll_device(
 }
 
 /// Marks a device revoked (idempotent: the first revocation time stays).
-pub async fn revoke(
-    pool: &deadpool_postgres::Pool,
-    id: DeviceId,
-) -> Result<Option<Device>, DbError> {
+pub async fn revoke(pool: &deadpool_postgres::Pool, id: DeviceId) -> Result<Option<Device>, DbError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -327,45 +303,31 @@ pub async fn revoke(
 }
 
 /// The devices of a site, oldest first; `None` when the site does not exist.
-pub async fn list_for_site(
-    pool: &deadpool_postgres::Pool,
-    site: SiteId,
-) -> Result<Option<Vec<Device>>, DbError> {
+pub async fn list_for_site(pool: &deadpool_postgres::Pool, site: SiteId) -> Result<Option<Vec<Device>>, DbError> {
     let client = pool.get().await?;
-    let exists = client
-        .query_opt("SELECT 1 FROM sites WHERE id = $1", &[site.as_uuid()])
-        .await?;
+    let exists = client.query_opt("SELECT 1 FROM sites WHERE id = $1", &[site.as_uuid()]).await?;
     if exists.is_none() {
         return Ok(None);
     }
     let rows = client
         .query(
-            &format!(
-                "SELECT {DEVICE_COLUMNS} FROM devices WHERE site_id = $1 ORDER BY enrolled_at, id"
-            ),
+            &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE site_id = $1 ORDER BY enrolled_at, id"),
             &[site.as_uuid()],
         )
         .await?;
-    rows.iter()
-        .map(device_from_row)
-        .collect::<Result<_, _>>()
-        .map(Some)
+    rows.iter().map(device_from_row).collect::<Result<_, _>>().map(Some)
 }
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/api/v1/sites/{id}/enrollment-tokens",
-            post(create_enrollment_token),
-        )
+        .route("/api/v1/sites/{id}/enrollment-tokens", post(create_enrollment_token))
         .route("/api/v1/sites/{id}/devices", get(list_devices))
         .route("/api/v1/devices/enroll", post(enroll))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
 }
 
 fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
-    raw.parse::<Uuid>()
-        .map_err(|_| ApiError::not_found(format!("no such {what}")))
+    raw.parse::<Uuid>().map_err(|_| ApiError::not_found(format!("no such {what}")))
 }
 
 async fn create_enrollment_token(
@@ -382,10 +344,7 @@ async fn create_enrollment_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
-async fn enroll(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<EnrollRequest>,
-) -> Result<Response, ApiError> {
+async fn enroll(State(state): State<AppState>, ApiJson(body): ApiJson<EnrollRequest>) -> Result<Response, ApiError> {
     let valid = body.validate().map_err(|e| ApiError::validation(&e))?;
     let enrolled = enroll_device(&state.db, &valid).await?;
     tracing::info!(device = %enrolled.device_id, site = %enrolled.site_id, "device enrolled");
@@ -399,9 +358,7 @@ async fn revoke_device(
 ) -> Result<Json<Device>, ApiError> {
     user.require_admin()?;
     let id = DeviceId::from_uuid(parse_id(&id, "device")?);
-    let device = revoke(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such device"))?;
+    let device = revoke(&state.db, id).await?.ok_or_else(|| ApiError::not_found("no such device"))?;
     tracing::info!(device = %id, by = %user.username, "device revoked");
     Ok(Json(device))
 }
@@ -413,10 +370,7 @@ async fn list_devices(
 ) -> Result<Json<Vec<Device>>, ApiError> {
     user.require_admin()?;
     let site = SiteId::from_uuid(parse_id(&id, "site")?);
-    list_for_site(&state.db, site)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no such site"))
+    list_for_site(&state.db, site).await?.map(Json).ok_or_else(|| ApiError::not_found("no such site"))
 }
 
 #[cfg(test)]
@@ -438,17 +392,10 @@ mod tests {
 
     #[test]
     fn enroll_validation_reports_every_field() {
-        let errs = EnrollRequest {
-            token: None,
-            device_id: Some("nope".into()),
-            public_key: Some("AAAA".into()),
-        }
-        .validate()
-        .err()
-        .expect("invalid");
-        assert_eq!(
-            errs.0.iter().map(|e| e.field).collect::<Vec<_>>(),
-            ["token", "device_id", "public_key"]
-        );
+        let errs = EnrollRequest { token: None, device_id: Some("nope".into()), public_key: Some("AAAA".into()) }
+            .validate()
+            .err()
+            .expect("invalid");
+        assert_eq!(errs.0.iter().map(|e| e.field).collect::<Vec<_>>(), ["token", "device_id", "public_key"]);
     }
 }

@@ -57,12 +57,7 @@ impl AppState {
     /// first start creates) the token-signing keys in the data directory.
     pub fn new(config: Config, db: Pool) -> Result<Self, auth::AuthError> {
         let tokens = TokenKeys::load_or_create(&config.data_dir, config.token_ttl_minutes)?;
-        Ok(Self {
-            config: Arc::new(config),
-            db,
-            tokens: Arc::new(tokens),
-            metrics: Arc::new(Metrics::new()),
-        })
+        Ok(Self { config: Arc::new(config), db, tokens: Arc::new(tokens), metrics: Arc::new(Metrics::new()) })
     }
 }
 
@@ -73,10 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .merge(api::router())
         .merge(sync::router(state.config.sync_max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -88,9 +80,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -98,10 +88,7 @@ async fn health(State(state): State<AppState>) -> Response {
         Ok(()) => Json(json!({ "status": "ok", "database": "ok" })).into_response(),
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "health check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "error", "database": "unavailable" })),
-            )
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "error", "database": "unavailable" })))
                 .into_response()
         }
     }

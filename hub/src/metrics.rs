@@ -12,8 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::AppState;
@@ -42,50 +41,31 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new(
-                "hub_http_requests_total",
-                "HTTP requests served, by route template and status class.",
-            ),
+            Opts::new("hub_http_requests_total", "HTTP requests served, by route template and status class."),
             &["method", "route", "status_class"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "hub_http_request_duration_seconds",
-                "Time to serve an HTTP request.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+            HistogramOpts::new("hub_http_request_duration_seconds", "Time to serve an HTTP request.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["method", "route"],
         )
         .expect("valid metric");
         let sync_push_requests = IntCounterVec::new(
-            Opts::new(
-                "sync_push_requests_total",
-                "Sync push requests, by result (ok or the error code).",
-            ),
+            Opts::new("sync_push_requests_total", "Sync push requests, by result (ok or the error code)."),
             &["result"],
         )
         .expect("valid metric");
-        let sync_changes_applied = IntCounter::new(
-            "sync_changes_applied_total",
-            "Changes pushed by edges that were new to the hub.",
-        )
-        .expect("valid metric");
+        let sync_changes_applied =
+            IntCounter::new("sync_changes_applied_total", "Changes pushed by edges that were new to the hub.")
+                .expect("valid metric");
         let sync_pending_operations = IntGaugeVec::new(
-            Opts::new(
-                "sync_pending_operations",
-                "Outbox entries pending on the site's devices, as last reported.",
-            ),
+            Opts::new("sync_pending_operations", "Outbox entries pending on the site's devices, as last reported."),
             &["site"],
         )
         .expect("valid metric");
         let sync_last_contact = IntGaugeVec::new(
-            Opts::new(
-                "sync_last_contact_timestamp_seconds",
-                "Unix time of the site's last accepted sync request.",
-            ),
+            Opts::new("sync_last_contact_timestamp_seconds", "Unix time of the site's last accepted sync request."),
             &["site"],
         )
         .expect("valid metric");
@@ -118,12 +98,8 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.http_requests
-            .with_label_values(&[method, route, class])
-            .inc();
-        self.http_duration
-            .with_label_values(&[method, route])
-            .observe(seconds);
+        self.http_requests.with_label_values(&[method, route, class]).inc();
+        self.http_duration.with_label_values(&[method, route]).observe(seconds);
     }
 }
 
@@ -148,18 +124,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         "OPTIONS" => "OPTIONS",
         _ => "other",
     };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
     let response = next.run(request).await;
-    state.metrics.observe(
-        method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    state.metrics.observe(method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 
@@ -170,12 +137,6 @@ pub async fn render(State(state): State<AppState>) -> Response {
         tracing::error!(error = %e, "metrics encoding failed");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
-        body,
-    )
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()
 }

@@ -58,27 +58,13 @@ pub enum PgError {
     #[error("the socket path {0} is too long for a unix socket: choose a shorter --data-dir")]
     SocketPathTooLong(PathBuf),
     #[error("cannot prepare {path}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot run {program}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("{program} failed ({status}): {output}")]
-    Command {
-        program: String,
-        status: String,
-        output: String,
-    },
+    Command { program: String, status: String, output: String },
     #[error("the server did not accept connections within {seconds} s; see {log}")]
-    NotReady {
-        seconds: u64,
-        log: PathBuf,
-        source: tokio_postgres::Error,
-    },
+    NotReady { seconds: u64, log: PathBuf, source: tokio_postgres::Error },
     #[error("cannot create the database {DATABASE}")]
     CreateDatabase(#[source] tokio_postgres::Error),
 }
@@ -104,20 +90,10 @@ impl EmbeddedPostgres {
     pub async fn start(dir: &Path, bin_dir: Option<&Path>) -> Result<Self, PgError> {
         let bin_dir = find_bin_dir(bin_dir)?;
         let as_postgres = rustix::process::geteuid().is_root();
-        let io = |source| PgError::Io {
-            path: dir.to_owned(),
-            source,
-        };
+        let io = |source| PgError::Io { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = std::fs::canonicalize(dir).map_err(io)?;
-        let mut pg = Self {
-            bin_dir,
-            dir,
-            port: 0,
-            as_postgres,
-            owned: false,
-            stopped: false,
-        };
+        let mut pg = Self { bin_dir, dir, port: 0, as_postgres, owned: false, stopped: false };
         pg.prepare_dir()?;
         if !pg.data_dir().join("PG_VERSION").exists() {
             pg.initdb().await?;
@@ -127,10 +103,7 @@ impl EmbeddedPostgres {
             pg.port = port;
             pg.stopped = true;
         } else {
-            pg.port = free_port().map_err(|source| PgError::Io {
-                path: pg.dir.clone(),
-                source,
-            })?;
+            pg.port = free_port().map_err(|source| PgError::Io { path: pg.dir.clone(), source })?;
             pg.check_socket_path()?;
             pg.pg_ctl_start().await?;
             pg.owned = true;
@@ -148,12 +121,8 @@ impl EmbeddedPostgres {
 
     fn config_for_port(&self, port: u16, database: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.dir)
-            .port(port)
-            .user("postgres")
-            .dbname(database);
-        c.application_name("santerurale-hub")
-            .connect_timeout(Duration::from_secs(5));
+        c.host_path(&self.dir).port(port).user("postgres").dbname(database);
+        c.application_name("santerurale-hub").connect_timeout(Duration::from_secs(5));
         c
     }
 
@@ -178,11 +147,7 @@ impl EmbeddedPostgres {
         }
         self.stopped = true;
         let argv = self.stop_argv();
-        let output = self
-            .tokio_command(&argv)
-            .output()
-            .await
-            .map_err(|source| spawn_error(&argv, source))?;
+        let output = self.tokio_command(&argv).output().await.map_err(|source| spawn_error(&argv, source))?;
         check(&argv, &output)?;
         tracing::info!(dir = %self.dir.display(), "embedded PostgreSQL stopped");
         Ok(())
@@ -198,10 +163,7 @@ impl EmbeddedPostgres {
 
     fn prepare_dir(&self) -> Result<(), PgError> {
         use std::os::unix::fs::PermissionsExt as _;
-        let io = |source| PgError::Io {
-            path: self.dir.clone(),
-            source,
-        };
+        let io = |source| PgError::Io { path: self.dir.clone(), source };
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         if self.as_postgres {
             let (uid, gid) = postgres_ids()?;
@@ -210,10 +172,7 @@ impl EmbeddedPostgres {
                 .args(["-u", "postgres", "--", "test", "-w"])
                 .arg(&self.dir)
                 .status()
-                .map_err(|source| PgError::Spawn {
-                    program: "runuser".into(),
-                    source,
-                })?;
+                .map_err(|source| PgError::Spawn { program: "runuser".into(), source })?;
             if !probe.success() {
                 return Err(PgError::NotReachable(self.dir.clone()));
             }
@@ -223,10 +182,7 @@ impl EmbeddedPostgres {
 
     async fn initdb(&self) -> Result<(), PgError> {
         let staging = self.dir.join("data.init");
-        let io = |path: &Path, source| PgError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |path: &Path, source| PgError::Io { path: path.to_owned(), source };
         match std::fs::remove_dir_all(&staging) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -238,39 +194,20 @@ impl EmbeddedPostgres {
             let mut opts = std::fs::OpenOptions::new();
             std::os::unix::fs::OpenOptionsExt::mode(opts.write(true).create_new(true), 0o600);
             let mut f = opts.open(&pwfile).map_err(|e| io(&pwfile, e))?;
-            f.write_all(password.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io(&pwfile, e))?;
+            f.write_all(password.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| io(&pwfile, e))?;
             if self.as_postgres {
                 let (uid, gid) = postgres_ids()?;
-                std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))
-                    .map_err(|e| io(&pwfile, e))?;
+                std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).map_err(|e| io(&pwfile, e))?;
             }
         }
         let mut argv = vec![self.bin_dir.join("initdb").into_os_string()];
         argv.extend(["-D".into(), staging.clone().into_os_string()]);
         argv.extend(
-            [
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "-E",
-                "UTF8",
-            ]
-            .map(OsString::from),
+            ["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"].map(OsString::from),
         );
-        argv.extend([
-            "--locale=C.UTF-8".into(),
-            "--pwfile".into(),
-            pwfile.into_os_string(),
-        ]);
+        argv.extend(["--locale=C.UTF-8".into(), "--pwfile".into(), pwfile.into_os_string()]);
         tracing::info!(dir = %self.dir.display(), "creating the embedded PostgreSQL cluster (initdb)");
-        let output = self
-            .tokio_command(&argv)
-            .output()
-            .await
-            .map_err(|source| spawn_error(&argv, source))?;
+        let output = self.tokio_command(&argv).output().await.map_err(|source| spawn_error(&argv, source))?;
         check(&argv, &output)?;
         std::fs::rename(&staging, self.data_dir()).map_err(|e| io(&staging, e))
     }
@@ -280,11 +217,7 @@ impl EmbeddedPostgres {
         let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         // Line 4 of postmaster.pid is the port (see PostgreSQL's pidfile.h).
         let port: u16 = pid_file.lines().nth(3)?.trim().parse().ok()?;
-        let (client, connection) = self
-            .config_for_port(port, "postgres")
-            .connect(NoTls)
-            .await
-            .ok()?;
+        let (client, connection) = self.config_for_port(port, "postgres").connect(NoTls).await.ok()?;
         drop(client);
         let _ = connection.await;
         Some(port)
@@ -305,32 +238,13 @@ impl EmbeddedPostgres {
             self.dir.display()
         );
         let mut argv = vec![self.bin_dir.join("pg_ctl").into_os_string()];
-        argv.extend([
-            "-D".into(),
-            self.data_dir().into_os_string(),
-            "-l".into(),
-            self.log_file().into_os_string(),
-        ]);
-        argv.extend([
-            "-o".into(),
-            options.into(),
-            "-w".into(),
-            "-t".into(),
-            START_TIMEOUT_SECS.to_string().into(),
-        ]);
+        argv.extend(["-D".into(), self.data_dir().into_os_string(), "-l".into(), self.log_file().into_os_string()]);
+        argv.extend(["-o".into(), options.into(), "-w".into(), "-t".into(), START_TIMEOUT_SECS.to_string().into()]);
         argv.push("start".into());
         tracing::info!(port = self.port, dir = %self.dir.display(), "starting the embedded PostgreSQL");
-        let output = self
-            .tokio_command(&argv)
-            .output()
-            .await
-            .map_err(|source| spawn_error(&argv, source))?;
+        let output = self.tokio_command(&argv).output().await.map_err(|source| spawn_error(&argv, source))?;
         check(&argv, &output).map_err(|e| match e {
-            PgError::Command {
-                program,
-                status,
-                output,
-            } => PgError::Command {
+            PgError::Command { program, status, output } => PgError::Command {
                 program,
                 status,
                 output: format!(
@@ -355,11 +269,7 @@ impl EmbeddedPostgres {
                     return Ok(());
                 }
                 Err(source) if Instant::now() >= deadline => {
-                    return Err(PgError::NotReady {
-                        seconds: limit.as_secs(),
-                        log: self.log_file(),
-                        source,
-                    });
+                    return Err(PgError::NotReady { seconds: limit.as_secs(), log: self.log_file(), source });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
@@ -367,11 +277,8 @@ impl EmbeddedPostgres {
     }
 
     async fn create_database(&self) -> Result<(), PgError> {
-        let (client, connection) = self
-            .connect_config("postgres")
-            .connect(NoTls)
-            .await
-            .map_err(PgError::CreateDatabase)?;
+        let (client, connection) =
+            self.connect_config("postgres").connect(NoTls).await.map_err(PgError::CreateDatabase)?;
         let conn = tokio::spawn(connection);
         let exists = client
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
@@ -379,14 +286,10 @@ impl EmbeddedPostgres {
             .map_err(PgError::CreateDatabase)?
             .is_some();
         if !exists {
-            match client
-                .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-                .await
-            {
+            match client.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await {
                 Ok(()) => {}
                 // Another process created it between our check and now.
-                Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
                 Err(e) => return Err(PgError::CreateDatabase(e)),
             }
         }
@@ -404,9 +307,7 @@ impl EmbeddedPostgres {
 
     fn wrap(&self, argv: &[OsString]) -> Vec<OsString> {
         if self.as_postgres {
-            let mut v: Vec<OsString> = ["runuser", "-u", "postgres", "--"]
-                .map(OsString::from)
-                .to_vec();
+            let mut v: Vec<OsString> = ["runuser", "-u", "postgres", "--"].map(OsString::from).to_vec();
             v.extend_from_slice(argv);
             v
         } else {
@@ -419,10 +320,7 @@ impl EmbeddedPostgres {
         let mut cmd = tokio::process::Command::new(&argv[0]);
         // A directory the server's user can enter, so it does not warn about
         // the caller's.
-        cmd.args(&argv[1..])
-            .current_dir(&self.dir)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+        cmd.args(&argv[1..]).current_dir(&self.dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
         cmd
     }
 }
@@ -457,9 +355,7 @@ pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, PgError> {
         return if has_both(dir) {
             Ok(dir.to_owned())
         } else {
-            Err(PgError::BinariesNotFound {
-                searched: format!("in {}", dir.display()),
-            })
+            Err(PgError::BinariesNotFound { searched: format!("in {}", dir.display()) })
         };
     }
     if let Some(path) = std::env::var_os("PATH")
@@ -473,11 +369,7 @@ pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, PgError> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let version = name
-                .split('.')
-                .map(str::parse)
-                .collect::<Result<Vec<u32>, _>>()
-                .ok()?;
+            let version = name.split('.').map(str::parse).collect::<Result<Vec<u32>, _>>().ok()?;
             let bin = entry.path().join("bin");
             has_both(&bin).then_some((version, bin))
         })
@@ -486,9 +378,7 @@ pub fn find_bin_dir(explicit: Option<&Path>) -> Result<PathBuf, PgError> {
     versions
         .pop()
         .map(|(_, dir)| dir)
-        .ok_or_else(|| PgError::BinariesNotFound {
-            searched: "on PATH or under /usr/lib/postgresql/*/bin".into(),
-        })
+        .ok_or_else(|| PgError::BinariesNotFound { searched: "on PATH or under /usr/lib/postgresql/*/bin".into() })
 }
 
 fn postgres_ids() -> Result<(u32, u32), PgError> {
@@ -496,17 +386,11 @@ fn postgres_ids() -> Result<(u32, u32), PgError> {
         let out = std::process::Command::new("id")
             .args([flag, "postgres"])
             .output()
-            .map_err(|source| PgError::Spawn {
-                program: "id".into(),
-                source,
-            })?;
+            .map_err(|source| PgError::Spawn { program: "id".into(), source })?;
         if !out.status.success() {
             return Err(PgError::NoPostgresUser);
         }
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| PgError::NoPostgresUser)
+        String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| PgError::NoPostgresUser)
     };
     Ok((id("-u")?, id("-g")?))
 }
@@ -514,22 +398,15 @@ fn postgres_ids() -> Result<(u32, u32), PgError> {
 fn free_port() -> std::io::Result<u16> {
     // The port is free now; the server binds it a moment later. A collision
     // in between makes pg_ctl fail with a clear log line.
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
 fn program_name(argv: &[OsString]) -> String {
-    argv.first()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn spawn_error(argv: &[OsString], source: std::io::Error) -> PgError {
-    PgError::Spawn {
-        program: program_name(argv),
-        source,
-    }
+    PgError::Spawn { program: program_name(argv), source }
 }
 
 fn check(argv: &[OsString], output: &Output) -> Result<(), PgError> {
@@ -542,11 +419,7 @@ fn check(argv: &[OsString], output: &Output) -> Result<(), PgError> {
         text.push('\n');
         text.push_str(stdout.trim());
     }
-    Err(PgError::Command {
-        program: program_name(argv),
-        status: output.status.to_string(),
-        output: text,
-    })
+    Err(PgError::Command { program: program_name(argv), status: output.status.to_string(), output: text })
 }
 
 /// The last lines of the server log, for error messages.

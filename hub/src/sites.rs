@@ -55,38 +55,19 @@ impl NewSite {
         if name.is_empty() {
             errors.push("name", "required", "this field is required");
         } else if name.chars().count() > MAX_NAME_CHARS {
-            errors.push(
-                "name",
-                "too_long",
-                format!("at most {MAX_NAME_CHARS} characters"),
-            );
+            errors.push("name", "too_long", format!("at most {MAX_NAME_CHARS} characters"));
         } else if name.chars().any(char::is_control) {
             errors.push("name", "invalid_characters", "contains control characters");
         }
-        let code = self
-            .code
-            .as_deref()
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_ascii_uppercase();
+        let code = self.code.as_deref().map(str::trim).unwrap_or_default().to_ascii_uppercase();
         if code.is_empty() {
             errors.push("code", "required", "this field is required");
         } else if !(2..=32).contains(&code.len())
-            || !code
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            errors.push(
-                "code",
-                "invalid_format",
-                "2 to 32 letters, digits, '-' or '_'",
-            );
+            errors.push("code", "invalid_format", "2 to 32 letters, digits, '-' or '_'");
         }
-        let org_unit = self
-            .dhis2_org_unit
-            .as_deref()
-            .map(str::trim)
-            .filter(|s| !s.is_empty());
+        let org_unit = self.dhis2_org_unit.as_deref().map(str::trim).filter(|s| !s.is_empty());
         if let Some(uid) = org_unit
             && !is_dhis2_uid(uid)
         {
@@ -96,11 +77,7 @@ impl NewSite {
                 "a DHIS2 uid: 11 letters or digits, starting with a letter",
             );
         }
-        errors.into_result(ValidSite {
-            name: name.to_owned(),
-            code,
-            dhis2_org_unit: org_unit.map(str::to_owned),
-        })
+        errors.into_result(ValidSite { name: name.to_owned(), code, dhis2_org_unit: org_unit.map(str::to_owned) })
     }
 }
 
@@ -132,12 +109,7 @@ pub async fn insert(pool: &deadpool_postgres::Pool, site: &ValidSite) -> Result<
         .query_one(
             "INSERT INTO sites (id, name, code, dhis2_org_unit) VALUES ($1, $2, $3, $4)
              RETURNING id, name, code, dhis2_org_unit, created_at",
-            &[
-                SiteId::new().as_uuid(),
-                &site.name,
-                &site.code,
-                &site.dhis2_org_unit,
-            ],
+            &[SiteId::new().as_uuid(), &site.name, &site.code, &site.dhis2_org_unit],
         )
         .await
         .map_err(|e| {
@@ -152,12 +124,8 @@ pub async fn insert(pool: &deadpool_postgres::Pool, site: &ValidSite) -> Result<
 
 pub async fn list(pool: &deadpool_postgres::Pool) -> Result<Vec<Site>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, name, code, dhis2_org_unit, created_at FROM sites ORDER BY name, code",
-            &[],
-        )
-        .await?;
+    let rows =
+        client.query("SELECT id, name, code, dhis2_org_unit, created_at FROM sites ORDER BY name, code", &[]).await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -187,10 +155,7 @@ async fn create_site(
     Ok((StatusCode::CREATED, Json(site)).into_response())
 }
 
-async fn list_sites(
-    State(state): State<AppState>,
-    _user: CurrentUser,
-) -> Result<Json<Vec<Site>>, ApiError> {
+async fn list_sites(State(state): State<AppState>, _user: CurrentUser) -> Result<Json<Vec<Site>>, ApiError> {
     Ok(Json(list(&state.db).await?))
 }
 
@@ -199,18 +164,12 @@ mod tests {
     use super::*;
 
     fn new(name: &str, code: &str, ou: Option<&str>) -> NewSite {
-        NewSite {
-            name: Some(name.into()),
-            code: Some(code.into()),
-            dhis2_org_unit: ou.map(Into::into),
-        }
+        NewSite { name: Some(name.into()), code: Some(code.into()), dhis2_org_unit: ou.map(Into::into) }
     }
 
     #[test]
     fn validation() {
-        let ok = new(" CSCom de Kati ", "kati-01", Some("DiszpKrYNg8"))
-            .validate()
-            .expect("valid");
+        let ok = new(" CSCom de Kati ", "kati-01", Some("DiszpKrYNg8")).validate().expect("valid");
         assert_eq!(
             ok,
             ValidSite {
@@ -219,25 +178,14 @@ mod tests {
                 dhis2_org_unit: Some("DiszpKrYNg8".into())
             }
         );
-        assert_eq!(
-            new("X", "KT", Some("  "))
-                .validate()
-                .expect("valid")
-                .dhis2_org_unit,
-            None
-        );
+        assert_eq!(new("X", "KT", Some("  ")).validate().expect("valid").dhis2_org_unit, None);
         let errs = NewSite::default().validate().expect_err("invalid");
         assert_eq!(
             errs.0.iter().map(|e| (e.field, e.code)).collect::<Vec<_>>(),
             [("name", "required"), ("code", "required")]
         );
-        let errs = new("X", "K", Some("1iszpKrYNg8"))
-            .validate()
-            .expect_err("invalid");
-        assert_eq!(
-            errs.0.iter().map(|e| e.field).collect::<Vec<_>>(),
-            ["code", "dhis2_org_unit"]
-        );
+        let errs = new("X", "K", Some("1iszpKrYNg8")).validate().expect_err("invalid");
+        assert_eq!(errs.0.iter().map(|e| e.field).collect::<Vec<_>>(), ["code", "dhis2_org_unit"]);
         assert!(new("X", "KATI 01", None).validate().is_err());
         assert!(new("X", "KT", Some("DiszpKrYNg")).validate().is_err());
     }

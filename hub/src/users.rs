@@ -39,9 +39,7 @@ pub enum UserError {
 /// Usernames: 2 to 40 of letters, digits, `.`, `_`, `-`; returned trimmed.
 pub fn validate_username(raw: &str) -> Result<String, &'static str> {
     let name = raw.trim();
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok_chars = name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if (2..=40).contains(&name.chars().count()) && ok_chars {
         Ok(name.to_owned())
     } else {
@@ -50,12 +48,7 @@ pub fn validate_username(raw: &str) -> Result<String, &'static str> {
 }
 
 /// Creates an account after checking the username and password policy.
-pub async fn add_user(
-    pool: &Pool,
-    username: &str,
-    role: Role,
-    password: &str,
-) -> Result<User, UserError> {
+pub async fn add_user(pool: &Pool, username: &str, role: Role, password: &str) -> Result<User, UserError> {
     let username = validate_username(username).map_err(UserError::InvalidUsername)?;
     check_password_policy(password).map_err(UserError::WeakPassword)?;
     let password = password.to_owned();
@@ -79,19 +72,12 @@ pub async fn add_user(
 }
 
 /// The user named `username` and their password hash.
-pub async fn find_credentials(
-    pool: &Pool,
-    username: &str,
-) -> Result<Option<(User, String)>, DbError> {
+pub async fn find_credentials(pool: &Pool, username: &str) -> Result<Option<(User, String)>, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
-            "SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1",
-            &[&username],
-        )
+        .query_opt("SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1", &[&username])
         .await?;
-    row.map(|r| Ok((from_row(&r)?, r.try_get("password_hash")?)))
-        .transpose()
+    row.map(|r| Ok((from_row(&r)?, r.try_get("password_hash")?))).transpose()
 }
 
 fn from_row(row: &Row) -> Result<User, DbError> {
@@ -99,8 +85,7 @@ fn from_row(row: &Row) -> Result<User, DbError> {
     Ok(User {
         id: UserId::from_uuid(row.try_get("id")?),
         username: row.try_get("username")?,
-        role: Role::parse(&role)
-            .ok_or_else(|| DbError::Invalid(format!("unknown role {role:?} in users")))?,
+        role: Role::parse(&role).ok_or_else(|| DbError::Invalid(format!("unknown role {role:?} in users")))?,
         created_at: row.try_get("created_at")?,
     })
 }

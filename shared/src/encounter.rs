@@ -219,7 +219,13 @@ impl EncounterDraft {
     }
 }
 
-fn range(errors: &mut ValidationErrors, field: &'static str, v: Option<f64>, (lo, hi): (f64, f64), unit: &str) -> Option<f64> {
+fn range(
+    errors: &mut ValidationErrors,
+    field: &'static str,
+    v: Option<f64>,
+    (lo, hi): (f64, f64),
+    unit: &str,
+) -> Option<f64> {
     let v = v?;
     if v.is_finite() && (lo..=hi).contains(&v) {
         Some(v)
@@ -244,7 +250,10 @@ fn whole(errors: &mut ValidationErrors, field: &'static str, v: Option<f64>) -> 
 /// `A00` to `Z99`, optionally followed by `.` and one to four letters or digits.
 fn is_icd10(code: &str) -> bool {
     let b = code.as_bytes();
-    let head = b.len() >= 3 && b[0].is_ascii_uppercase() && b[1].is_ascii_digit() && (b[2].is_ascii_digit() || b[2].is_ascii_uppercase());
+    let head = b.len() >= 3
+        && b[0].is_ascii_uppercase()
+        && b[1].is_ascii_digit()
+        && (b[2].is_ascii_digit() || b[2].is_ascii_uppercase());
     head && match &b[3..] {
         [] => true,
         [b'.', rest @ ..] => (1..=4).contains(&rest.len()) && rest.iter().all(u8::is_ascii_alphanumeric),

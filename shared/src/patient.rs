@@ -179,7 +179,9 @@ impl PatientDraft {
         let village = text_field(&mut errors, "village", self.village.as_deref(), true, MAX_VILLAGE_CHARS);
         let national_id =
             text_field(&mut errors, "national_id", self.national_id.as_deref(), false, MAX_NATIONAL_ID_CHARS);
-        if !national_id.is_empty() && !national_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ' ' || c == '/') {
+        if !national_id.is_empty()
+            && !national_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ' ' || c == '/')
+        {
             errors.push("national_id", "invalid_characters", "letters, digits, spaces, '-' and '/' only");
         }
 
@@ -365,12 +367,16 @@ mod tests {
     #[test]
     fn patch_changes_only_what_it_names() {
         let f = valid().validate(TODAY, "223").expect("valid");
-        let p = PatientPatch { village: Some("Ségou".into()), national_id: Some(String::new()), ..PatientPatch::default() };
+        let p =
+            PatientPatch {
+                village: Some("Ségou".into()), national_id: Some(String::new()), ..PatientPatch::default()
+            };
         let g = f.patched(&p, TODAY, "223").expect("valid patch");
         assert_eq!(g.village, "Ségou");
         assert_eq!(g.given_name, f.given_name);
         assert_eq!(g.national_id, None);
-        let both = PatientPatch { birth_date: Some("2000-01-01".into()), age_years: Some(30), ..PatientPatch::default() };
+        let both =
+            PatientPatch { birth_date: Some("2000-01-01".into()), age_years: Some(30), ..PatientPatch::default() };
         assert_eq!(f.patched(&both, TODAY, "223").expect_err("ambiguous").0[0].code, "ambiguous");
         let bad = PatientPatch { phone: Some("abc".into()), ..PatientPatch::default() };
         assert_eq!(f.patched(&bad, TODAY, "223").expect_err("bad").0[0].field, "phone");

@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 /// Country calling codes whose national significant number length we know.
 /// Others are accepted with the general E.164 bounds (8 to 15 digits in all).
 const NATIONAL_LENGTHS: &[(&str, usize)] = &[
-    ("223", 8), // Mali
-    ("221", 9), // Senegal
-    ("226", 8), // Burkina Faso
-    ("227", 8), // Niger
+    ("223", 8),  // Mali
+    ("221", 9),  // Senegal
+    ("226", 8),  // Burkina Faso
+    ("227", 8),  // Niger
     ("225", 10), // Côte d'Ivoire
-    ("224", 9), // Guinea
-    ("33", 9),  // France
+    ("224", 9),  // Guinea
+    ("33", 9),   // France
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -53,9 +53,7 @@ impl Phone {
                 if digits.len() == len {
                     digits = format!("{default_country}{digits}");
                     international = true;
-                } else if digits.len() == len + default_country.len()
-                    && digits.starts_with(default_country)
-                {
+                } else if digits.len() == len + default_country.len() && digits.starts_with(default_country) {
                     international = true;
                 }
             }
@@ -130,7 +128,17 @@ mod tests {
 
     #[test]
     fn wrong_numbers_are_refused() {
-        for input in ["", "12", "7612345", "761234567", "+223 0612 3456", "76x23456", "+0123456789", "++22376123456", "+2237612345678901"] {
+        for input in [
+            "",
+            "12",
+            "7612345",
+            "761234567",
+            "+223 0612 3456",
+            "76x23456",
+            "+0123456789",
+            "++22376123456",
+            "+2237612345678901",
+        ] {
             assert_eq!(Phone::parse(input, "223"), Err(InvalidPhone), "{input}");
         }
     }

@@ -19,11 +19,7 @@ pub fn fold(s: &str) -> String {
 /// The folded words of `s`: runs of letters and digits.
 #[must_use]
 pub fn words(s: &str) -> Vec<String> {
-    fold(s)
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+    fold(s).split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_owned).collect()
 }
 
 /// A key equal for two names that differ only in accents, case, spacing or

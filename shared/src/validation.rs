@@ -83,11 +83,7 @@ pub(crate) fn text_field(
 }
 
 /// Parses a `YYYY-MM-DD` date.
-pub(crate) fn date_field(
-    errors: &mut ValidationErrors,
-    field: &'static str,
-    value: &str,
-) -> Option<time::Date> {
+pub(crate) fn date_field(errors: &mut ValidationErrors, field: &'static str, value: &str) -> Option<time::Date> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     match time::Date::parse(value.trim(), format) {
         Ok(d) => Some(d),

@@ -11,16 +11,9 @@ use crate::REQUEST_TIMEOUT;
 #[derive(Debug)]
 pub enum CallError {
     /// No HTTP response at all: connection refused or reset, timeout.
-    Transport {
-        call: String,
-        source: reqwest::Error,
-    },
+    Transport { call: String, source: reqwest::Error },
     /// A response, with another status than expected.
-    Status {
-        call: String,
-        status: StatusCode,
-        body: String,
-    },
+    Status { call: String, status: StatusCode, body: String },
 }
 
 impl CallError {
@@ -59,28 +52,14 @@ pub struct Api {
 
 impl Api {
     pub fn new(base_url: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            token: None,
-        })
+        let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build()?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), token: None })
     }
 
     /// Signs in with `POST /api/v1/auth/login`; later calls send the token.
     pub async fn login(&mut self, username: &str, password: &str) -> Result<(), CallError> {
         let body = json!({ "username": username, "password": password });
-        let resp = self
-            .call(
-                Method::POST,
-                "/api/v1/auth/login",
-                Some(&body),
-                StatusCode::OK,
-            )
-            .await?;
+        let resp = self.call(Method::POST, "/api/v1/auth/login", Some(&body), StatusCode::OK).await?;
         self.token = resp["token"].as_str().map(str::to_owned);
         Ok(())
     }
@@ -94,69 +73,37 @@ impl Api {
         expected: StatusCode,
     ) -> Result<Value, CallError> {
         let call = format!("{method} {path}");
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base_url));
+        let mut req = self.http.request(method, format!("{}{path}", self.base_url));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| CallError::Transport {
-            call: call.clone(),
-            source,
-        })?;
+        let resp = req.send().await.map_err(|source| CallError::Transport { call: call.clone(), source })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|source| CallError::Transport {
-            call: call.clone(),
-            source,
-        })?;
+        let text = resp.text().await.map_err(|source| CallError::Transport { call: call.clone(), source })?;
         if status != expected {
-            return Err(CallError::Status {
-                call,
-                status,
-                body: text,
-            });
+            return Err(CallError::Status { call, status, body: text });
         }
-        serde_json::from_str(&text).map_err(|_| CallError::Status {
-            call,
-            status,
-            body: format!("not JSON: {text}"),
-        })
+        serde_json::from_str(&text).map_err(|_| CallError::Status { call, status, body: format!("not JSON: {text}") })
     }
 
     /// `POST /api/v1/patients`; the 201 body (the patient, with its `id`).
-    pub async fn register_patient(
-        &self,
-        draft: &Value,
-        allow_duplicate: bool,
-    ) -> Result<Value, CallError> {
-        let path = if allow_duplicate {
-            "/api/v1/patients?allow_duplicate=true"
-        } else {
-            "/api/v1/patients"
-        };
-        self.call(Method::POST, path, Some(draft), StatusCode::CREATED)
-            .await
+    pub async fn register_patient(&self, draft: &Value, allow_duplicate: bool) -> Result<Value, CallError> {
+        let path = if allow_duplicate { "/api/v1/patients?allow_duplicate=true" } else { "/api/v1/patients" };
+        self.call(Method::POST, path, Some(draft), StatusCode::CREATED).await
     }
 
     /// `POST /api/v1/patients/{id}/encounters`; the 201 body (the encounter).
     pub async fn add_encounter(&self, patient_id: &str, draft: &Value) -> Result<Value, CallError> {
         let path = format!("/api/v1/patients/{patient_id}/encounters");
-        self.call(Method::POST, &path, Some(draft), StatusCode::CREATED)
-            .await
+        self.call(Method::POST, &path, Some(draft), StatusCode::CREATED).await
     }
 
     /// `GET /api/v1/patients/{id}`: the patient with its `encounters`.
     pub async fn patient(&self, patient_id: &str) -> Result<Value, CallError> {
-        self.call(
-            Method::GET,
-            &format!("/api/v1/patients/{patient_id}"),
-            None,
-            StatusCode::OK,
-        )
-        .await
+        self.call(Method::GET, &format!("/api/v1/patients/{patient_id}"), None, StatusCode::OK).await
     }
 
     /// `GET /api/v1/patients?q=...`: the matching patients.
@@ -164,20 +111,11 @@ impl Api {
         let mut query = String::new();
         for b in q.bytes() {
             match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    query.push(char::from(b))
-                }
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => query.push(char::from(b)),
                 _ => query.push_str(&format!("%{b:02X}")),
             }
         }
-        let found = self
-            .call(
-                Method::GET,
-                &format!("/api/v1/patients?q={query}"),
-                None,
-                StatusCode::OK,
-            )
-            .await?;
+        let found = self.call(Method::GET, &format!("/api/v1/patients?q={query}"), None, StatusCode::OK).await?;
         Ok(found["patients"].as_array().cloned().unwrap_or_default())
     }
 }

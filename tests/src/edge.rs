@@ -13,9 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::{
-    Api, CLI_TIMEOUT, POLL_INTERVAL, READY_TIMEOUT, edge_binary, free_port, tail, temp_dir,
-};
+use crate::{Api, CLI_TIMEOUT, POLL_INTERVAL, READY_TIMEOUT, edge_binary, free_port, tail, temp_dir};
 
 /// A data directory for one edge, with the log of every process run on it.
 ///
@@ -30,10 +28,7 @@ pub struct EdgeDir {
 impl EdgeDir {
     pub fn new() -> anyhow::Result<Self> {
         let bin = edge_binary()?;
-        Ok(Self {
-            root: temp_dir("santerurale-edge-")?,
-            bin,
-        })
+        Ok(Self { root: temp_dir("santerurale-edge-")?, bin })
     }
 
     #[must_use]
@@ -64,11 +59,8 @@ impl EdgeDir {
     }
 
     fn open_log(&self, header: &str) -> anyhow::Result<(File, u64)> {
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .context("cannot open the edge log")?;
+        let mut log =
+            File::options().create(true).append(true).open(self.log_path()).context("cannot open the edge log")?;
         writeln!(log, "==== {header}")?;
         let offset = log.metadata()?.len();
         Ok((log, offset))
@@ -92,11 +84,7 @@ impl EdgeDir {
     pub async fn cli(&self, args: &[&str], stdin: &str) -> anyhow::Result<String> {
         let shown = format!("edge {}", args.join(" "));
         let mut cmd = tokio::process::Command::from(self.std_command());
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("cannot run {shown}"))?;
         let mut input = child.stdin.take().context("no stdin pipe")?;
         input.write_all(stdin.as_bytes()).await?;
@@ -108,21 +96,13 @@ impl EdgeDir {
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let (mut log, _) = self.open_log(&shown)?;
         write!(log, "{stdout}{stderr}")?;
-        ensure!(
-            output.status.success(),
-            "{shown} failed ({}):\n{stderr}{stdout}",
-            output.status
-        );
+        ensure!(output.status.success(), "{shown} failed ({}):\n{stderr}{stdout}", output.status);
         Ok(stdout)
     }
 
     /// Creates an account with `edge user add` (password on standard input).
     pub async fn add_user(&self, username: &str, role: &str, password: &str) -> anyhow::Result<()> {
-        self.cli(
-            &["user", "add", "--username", username, "--role", role],
-            &format!("{password}\n"),
-        )
-        .await?;
+        self.cli(&["user", "add", "--username", username, "--role", role], &format!("{password}\n")).await?;
         Ok(())
     }
 
@@ -133,8 +113,7 @@ impl EdgeDir {
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-            let (log, log_start) =
-                self.open_log(&format!("edge serve --listen {addr} (attempt {attempt})"))?;
+            let (log, log_start) = self.open_log(&format!("edge serve --listen {addr} (attempt {attempt})"))?;
             let child = self
                 .std_command()
                 .arg("serve")
@@ -145,13 +124,8 @@ impl EdgeDir {
                 .stderr(log)
                 .spawn()
                 .with_context(|| format!("cannot start {}", self.bin.display()))?;
-            let mut edge = EdgeProcess {
-                child,
-                base_url: format!("http://{addr}"),
-                addr,
-                log_path: self.log_path(),
-                log_start,
-            };
+            let mut edge =
+                EdgeProcess { child, base_url: format!("http://{addr}"), addr, log_path: self.log_path(), log_start };
             match edge.wait_ready(READY_TIMEOUT).await {
                 Ok(()) => return Ok(edge),
                 Err(e) if edge.log().contains("cannot listen on") && attempt < ATTEMPTS => {
@@ -218,10 +192,9 @@ impl EdgeProcess {
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {
             None => Ok(()),
-            Some(status) => bail!(
-                "the edge exited unexpectedly ({status}); its log ends with:\n{}",
-                tail(&self.log(), 40)
-            ),
+            Some(status) => {
+                bail!("the edge exited unexpectedly ({status}); its log ends with:\n{}", tail(&self.log(), 40))
+            }
         }
     }
 
@@ -232,25 +205,16 @@ impl EdgeProcess {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()?;
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
         let url = self.url("/health");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the edge exited before it was ready ({status}); its log ends with:\n{}",
-                    tail(&self.log(), 40)
-                );
+                bail!("the edge exited before it was ready ({status}); its log ends with:\n{}", tail(&self.log(), 40));
             }
             if let Ok(resp) = http.get(&url).send().await
                 && resp.status() == StatusCode::OK
-                && resp
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|body| body["status"] == "ok")
+                && resp.json::<Value>().await.is_ok_and(|body| body["status"] == "ok")
             {
                 return Ok(());
             }

@@ -57,11 +57,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn edge_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SANTERURALE_EDGE_BIN") {
         let path = PathBuf::from(path);
-        ensure!(
-            path.is_file(),
-            "SANTERURALE_EDGE_BIN={} is not a file",
-            path.display()
-        );
+        ensure!(path.is_file(), "SANTERURALE_EDGE_BIN={} is not a file", path.display());
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find the test executable's path")?;
@@ -83,8 +79,7 @@ pub fn edge_binary() -> anyhow::Result<PathBuf> {
 /// A loopback port nobody listened on a moment ago. Another process may take
 /// it before the child binds it, so callers retry on a bind clash.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port")?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -118,10 +113,7 @@ pub fn tail(text: &str, n: usize) -> String {
 /// printed) when `SANTERURALE_E2E_KEEP=1`.
 pub fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
     let keep = std::env::var("SANTERURALE_E2E_KEEP").is_ok_and(|v| v == "1");
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .disable_cleanup(keep)
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix(prefix).disable_cleanup(keep).tempdir()?;
     if keep {
         eprintln!("keeping {}", dir.path().display());
     }

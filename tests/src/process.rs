@@ -16,14 +16,8 @@ pub struct ProcessGroupGuard {
 impl ProcessGroupGuard {
     pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt as _;
-        let child = cmd
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-        })
+        let child = cmd.process_group(0).spawn().with_context(|| format!("cannot start {name}"))?;
+        Ok(Self { name: name.to_owned(), child })
     }
 
     #[must_use]
@@ -44,11 +38,7 @@ impl Drop for ProcessGroupGuard {
     fn drop(&mut self) {
         // The group id is the leader's pid, which stays ours until we reap it below.
         let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

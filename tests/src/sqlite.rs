@@ -9,11 +9,9 @@ use anyhow::{Context as _, ensure};
 /// tolerant of a reader; WAL recovery needs no write access to the database).
 pub fn open_read_only(path: &Path) -> anyhow::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {} read-only", path.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_context(|| format!("cannot open {} read-only", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -32,22 +30,12 @@ pub fn dump_table(
     order_by: &str,
     skip: &[&str],
 ) -> anyhow::Result<Vec<String>> {
-    dump_rows_except(
-        conn,
-        &format!("SELECT * FROM {table} ORDER BY {order_by}"),
-        skip,
-    )
+    dump_rows_except(conn, &format!("SELECT * FROM {table} ORDER BY {order_by}"), skip)
 }
 
-fn dump_rows_except(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    skip: &[&str],
-) -> anyhow::Result<Vec<String>> {
+fn dump_rows_except(conn: &rusqlite::Connection, sql: &str, skip: &[&str]) -> anyhow::Result<Vec<String>> {
     use rusqlite::types::ValueRef;
-    let mut stmt = conn
-        .prepare(sql)
-        .with_context(|| format!("bad dump query {sql}"))?;
+    let mut stmt = conn.prepare(sql).with_context(|| format!("bad dump query {sql}"))?;
     let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
@@ -74,14 +62,8 @@ fn dump_rows_except(
 /// `PRAGMA integrity_check` and `PRAGMA foreign_key_check` both clean.
 pub fn check_integrity(conn: &rusqlite::Connection) -> anyhow::Result<()> {
     let integrity = dump_rows(conn, "PRAGMA integrity_check")?;
-    ensure!(
-        integrity == ["integrity_check=\"ok\""],
-        "PRAGMA integrity_check: {integrity:?}"
-    );
+    ensure!(integrity == ["integrity_check=\"ok\""], "PRAGMA integrity_check: {integrity:?}");
     let dangling = dump_rows(conn, "PRAGMA foreign_key_check")?;
-    ensure!(
-        dangling.is_empty(),
-        "PRAGMA foreign_key_check: {dangling:?}"
-    );
+    ensure!(dangling.is_empty(), "PRAGMA foreign_key_check: {dangling:?}");
     Ok(())
 }

@@ -35,8 +35,7 @@ use fantoccini::error::{CmdError, ErrorStatus};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use santerurale_e2e::{
-    Api, EdgeDir, EdgeProcess, POLL_INTERVAL, ProcessGroupGuard, free_port, poll_until, tail,
-    temp_dir,
+    Api, EdgeDir, EdgeProcess, POLL_INTERVAL, ProcessGroupGuard, free_port, poll_until, tail, temp_dir,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -97,26 +96,15 @@ impl Browser {
                 ],
             }),
         );
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps)
-            .connect(&url)
-            .await
-            .with_context(|| {
+        let client =
+            ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(&url).await.with_context(|| {
                 format!(
                     "chromedriver could not start Chromium ({}); its log ends with:\n{}",
                     chromium.display(),
-                    tail(
-                        &std::fs::read_to_string(&driver_log).unwrap_or_default(),
-                        30
-                    )
+                    tail(&std::fs::read_to_string(&driver_log).unwrap_or_default(), 30)
                 )
             })?;
-        Ok(Self {
-            client,
-            driver,
-            driver_log,
-            profile,
-        })
+        Ok(Self { client, driver, driver_log, profile })
     }
 
     /// Ends the session (chromedriver quits Chromium), then chromedriver.
@@ -125,9 +113,7 @@ impl Browser {
         let closed = tokio::time::timeout(WAIT, self.client.close()).await;
         drop(self.driver);
         drop(self.profile);
-        closed
-            .context("closing the browser session timed out")?
-            .context("closing the browser session")?;
+        closed.context("closing the browser session timed out")?.context("closing the browser session")?;
         Ok(())
     }
 }
@@ -135,23 +121,13 @@ impl Browser {
 /// Starts chromedriver on a free port and waits for `/status` to say ready.
 async fn start_chromedriver(bin: &Path, log: &Path) -> anyhow::Result<(ProcessGroupGuard, String)> {
     const ATTEMPTS: usize = 5;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
     for attempt in 1..=ATTEMPTS {
         let port = free_port()?;
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)?;
+        let out = std::fs::File::options().create(true).append(true).open(log)?;
         let mut driver = ProcessGroupGuard::spawn(
             "chromedriver",
-            Command::new(bin)
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out),
+            Command::new(bin).arg(format!("--port={port}")).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out),
         )?;
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + DRIVER_READY_TIMEOUT;
@@ -161,16 +137,10 @@ async fn start_chromedriver(bin: &Path, log: &Path) -> anyhow::Result<(ProcessGr
                 if text.contains("Address already in use") && attempt < ATTEMPTS {
                     break;
                 }
-                bail!(
-                    "chromedriver exited at start; its output ends with:\n{}",
-                    tail(&text, 20)
-                );
+                bail!("chromedriver exited at start; its output ends with:\n{}", tail(&text, 20));
             }
             if let Ok(resp) = http.get(format!("{url}/status")).send().await
-                && resp
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|s| s["value"]["ready"] == true)
+                && resp.json::<Value>().await.is_ok_and(|s| s["value"]["ready"] == true)
             {
                 return Ok((driver, url));
             }
@@ -185,16 +155,9 @@ async fn start_chromedriver(bin: &Path, log: &Path) -> anyhow::Result<(ProcessGr
 
 /// The page as it is now, for error messages: URL and the start of its text.
 async fn describe_page(c: &Client) -> String {
-    let url = c
-        .current_url()
-        .await
-        .map(|u| u.to_string())
-        .unwrap_or_else(|e| format!("<no url: {e}>"));
+    let url = c.current_url().await.map(|u| u.to_string()).unwrap_or_else(|e| format!("<no url: {e}>"));
     let text = c
-        .execute(
-            "return document.body ? document.body.innerText : document.documentElement.outerHTML",
-            vec![],
-        )
+        .execute("return document.body ? document.body.innerText : document.documentElement.outerHTML", vec![])
         .await
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -205,18 +168,9 @@ async fn describe_page(c: &Client) -> String {
 
 /// Waits for the first element matching `css`.
 async fn find(c: &Client, css: &str, step: &str) -> anyhow::Result<Element> {
-    match c
-        .wait()
-        .at_most(WAIT)
-        .every(POLL_INTERVAL)
-        .for_element(Locator::Css(css))
-        .await
-    {
+    match c.wait().at_most(WAIT).every(POLL_INTERVAL).for_element(Locator::Css(css)).await {
         Ok(el) => Ok(el),
-        Err(e) => bail!(
-            "{step}: no element `{css}` within {WAIT:?} ({e}); {}",
-            describe_page(c).await
-        ),
+        Err(e) => bail!("{step}: no element `{css}` within {WAIT:?} ({e}); {}", describe_page(c).await),
     }
 }
 
@@ -226,9 +180,7 @@ async fn wait_for_new_page(c: &Client, old_root: &Element, step: &str) -> anyhow
     let result = poll_until(&format!("{step}: the next page"), WAIT, || async {
         match old_root.tag_name().await {
             Ok(_) => Ok(None),
-            Err(CmdError::Standard(w)) if w.error == ErrorStatus::StaleElementReference => {
-                Ok(Some(()))
-            }
+            Err(CmdError::Standard(w)) if w.error == ErrorStatus::StaleElementReference => Ok(Some(())),
             Err(e) => Err(e.into()),
         }
     })
@@ -240,8 +192,7 @@ async fn wait_for_new_page(c: &Client, old_root: &Element, step: &str) -> anyhow
 }
 
 async fn set_by_script(c: &Client, el: &Element, script: &str, value: &str) -> anyhow::Result<()> {
-    c.execute(script, vec![serde_json::to_value(el)?, json!(value)])
-        .await?;
+    c.execute(script, vec![serde_json::to_value(el)?, json!(value)]).await?;
     Ok(())
 }
 
@@ -254,39 +205,23 @@ const SET_VALUE: &str = "arguments[0].value = arguments[1];
 async fn fill(c: &Client, name: &str, value: &str, step: &str) -> anyhow::Result<()> {
     let el = find(c, &format!("[name=\"{name}\"]"), step).await?;
     let tag = el.tag_name().await?.to_ascii_lowercase();
-    let kind = el
-        .attr("type")
-        .await?
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let kind = el.attr("type").await?.unwrap_or_default().to_ascii_lowercase();
     match (tag.as_str(), kind.as_str()) {
-        ("select", _) => el
-            .select_by_value(value)
-            .await
-            .with_context(|| format!("{step}: no option {value:?} in select {name}"))?,
+        ("select", _) => {
+            el.select_by_value(value).await.with_context(|| format!("{step}: no option {value:?} in select {name}"))?
+        }
         ("input", "radio" | "checkbox") => {
-            let choice = find(
-                c,
-                &format!("input[name=\"{name}\"][value=\"{value}\"]"),
-                step,
-            )
-            .await?;
+            let choice = find(c, &format!("input[name=\"{name}\"][value=\"{value}\"]"), step).await?;
             if choice.click().await.is_err() {
                 // A styled radio whose input is hidden behind its label.
-                c.execute(
-                    "arguments[0].click();",
-                    vec![serde_json::to_value(&choice)?],
-                )
-                .await?;
+                c.execute("arguments[0].click();", vec![serde_json::to_value(&choice)?]).await?;
             }
         }
         // A date picker's typing depends on the browser's locale; a hidden field cannot be typed in.
         ("input", "date" | "hidden") => set_by_script(c, &el, SET_VALUE, value).await?,
         _ => {
             el.clear().await?;
-            el.send_keys(value)
-                .await
-                .with_context(|| format!("{step}: typing into {name}"))?;
+            el.send_keys(value).await.with_context(|| format!("{step}: typing into {name}"))?;
         }
     }
     Ok(())
@@ -301,22 +236,10 @@ async fn submit(c: &Client, name: &str, step: &str) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{step}: field {name} is not inside a form"))?;
     let old_root = c.find(Locator::Css("html")).await?;
-    match form
-        .find(Locator::Css(
-            "button[type=submit], input[type=submit], button:not([type])",
-        ))
-        .await
-    {
-        Ok(button) => button
-            .click()
-            .await
-            .with_context(|| format!("{step}: clicking the submit button"))?,
+    match form.find(Locator::Css("button[type=submit], input[type=submit], button:not([type])")).await {
+        Ok(button) => button.click().await.with_context(|| format!("{step}: clicking the submit button"))?,
         Err(_) => {
-            c.execute(
-                "arguments[0].requestSubmit();",
-                vec![serde_json::to_value(&form)?],
-            )
-            .await?;
+            c.execute("arguments[0].requestSubmit();", vec![serde_json::to_value(&form)?]).await?;
         }
     }
     wait_for_new_page(c, &old_root, step).await
@@ -330,16 +253,9 @@ async fn no_field_errors(c: &Client, step: &str) -> anyhow::Result<()> {
     }
     let mut texts = Vec::new();
     for e in errors {
-        texts.push(format!(
-            "{}: {}",
-            e.attr("id").await?.unwrap_or_default(),
-            e.text().await?
-        ));
+        texts.push(format!("{}: {}", e.attr("id").await?.unwrap_or_default(), e.text().await?));
     }
-    bail!(
-        "{step}: the form was refused: {texts:?}; {}",
-        describe_page(c).await
-    )
+    bail!("{step}: the form was refused: {texts:?}; {}", describe_page(c).await)
 }
 
 async fn path_of(c: &Client) -> anyhow::Result<String> {
@@ -347,9 +263,7 @@ async fn path_of(c: &Client) -> anyhow::Result<String> {
 }
 
 async fn goto(c: &Client, edge: &EdgeProcess, path: &str) -> anyhow::Result<()> {
-    c.goto(&edge.url(path))
-        .await
-        .with_context(|| format!("loading {path}"))
+    c.goto(&edge.url(path)).await.with_context(|| format!("loading {path}"))
 }
 
 /// Fills the registration form (already loaded) with one patient.
@@ -378,10 +292,7 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
     // The browser reaches the edge at all.
     goto(c, edge, "/health").await?;
     let health = find(c, "body", "health").await?.text().await?;
-    ensure!(
-        health.contains("ok"),
-        "GET /health in the browser shows {health:?}"
-    );
+    ensure!(health.contains("ok"), "GET /health in the browser shows {health:?}");
     println!("browser: Chromium reached {}/health", edge.base_url());
 
     let step = "sign in";
@@ -389,11 +300,7 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
     fill(c, "username", ADMIN, step).await?;
     fill(c, "password", ADMIN_PASSWORD, step).await?;
     submit(c, "password", step).await?;
-    ensure!(
-        path_of(c).await? != "/login",
-        "{step}: still on the sign-in page; {}",
-        describe_page(c).await
-    );
+    ensure!(path_of(c).await? != "/login", "{step}: still on the sign-in page; {}", describe_page(c).await);
     println!("browser: signed in");
 
     let step = "register a patient";
@@ -415,10 +322,7 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
     submit(c, "q", step).await?;
     let link = find(c, "a.patient-link", step).await?;
     let text = link.text().await?;
-    ensure!(
-        text.to_lowercase().contains("aminata"),
-        "{step}: the first result is {text:?}"
-    );
+    ensure!(text.to_lowercase().contains("aminata"), "{step}: the first result is {text:?}");
     let old_root = c.find(Locator::Css("html")).await?;
     link.click().await?;
     wait_for_new_page(c, &old_root, "open the chart").await?;
@@ -432,10 +336,7 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
 
     let step = "record a consultation";
     let new_encounter = format!("/patients/{patient_id}/encounters/new");
-    match c
-        .find(Locator::Css(&format!("a[href$=\"{new_encounter}\"]")))
-        .await
-    {
+    match c.find(Locator::Css(&format!("a[href$=\"{new_encounter}\"]"))).await {
         Ok(link) => {
             let old_root = c.find(Locator::Css("html")).await?;
             link.click().await?;
@@ -450,18 +351,14 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
     fill(c, "temperature_c", "38,5", step).await?;
     submit(c, "diagnosis", step).await?;
     no_field_errors(c, step).await?;
-    let shown = poll_until(
-        &format!("{step}: an .encounter with \"Paludisme simple\""),
-        WAIT,
-        || async {
-            for e in c.find_all(Locator::Css(".encounter")).await? {
-                if e.text().await?.contains("Paludisme simple") {
-                    return Ok(Some(()));
-                }
+    let shown = poll_until(&format!("{step}: an .encounter with \"Paludisme simple\""), WAIT, || async {
+        for e in c.find_all(Locator::Css(".encounter")).await? {
+            if e.text().await?.contains("Paludisme simple") {
+                return Ok(Some(()));
             }
-            Ok(None)
-        },
-    )
+        }
+        Ok(None)
+    })
     .await;
     if let Err(e) = shown {
         bail!("{e:#}; {}", describe_page(c).await);
@@ -470,31 +367,13 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
 
     // What the browser wrote, as the API reads it back.
     let found = api.search("TRAORE aminata").await?;
-    ensure!(
-        found.len() == 1,
-        "API search finds {} patients: {found:?}",
-        found.len()
-    );
+    ensure!(found.len() == 1, "API search finds {} patients: {found:?}", found.len());
     let patient = api.patient(&patient_id).await?;
-    ensure!(
-        patient["family_name"] == "Traoré" && patient["given_name"] == "Aminata",
-        "stored as {patient}"
-    );
-    ensure!(
-        patient["phone"] == "+22376123456",
-        "phone stored as {}",
-        patient["phone"]
-    );
-    ensure!(
-        patient["village"] == "Kati" && patient["sex"] == "female",
-        "stored as {patient}"
-    );
+    ensure!(patient["family_name"] == "Traoré" && patient["given_name"] == "Aminata", "stored as {patient}");
+    ensure!(patient["phone"] == "+22376123456", "phone stored as {}", patient["phone"]);
+    ensure!(patient["village"] == "Kati" && patient["sex"] == "female", "stored as {patient}");
     let encounters = patient["encounters"].as_array().context("no encounters")?;
-    ensure!(
-        encounters.len() == 1,
-        "{} encounters stored",
-        encounters.len()
-    );
+    ensure!(encounters.len() == 1, "{} encounters stored", encounters.len());
     let enc = &encounters[0];
     ensure!(
         enc["kind"] == "consultation"
@@ -507,29 +386,13 @@ async fn scenario(c: &Client, edge: &EdgeProcess, api: &Api) -> anyhow::Result<(
     let step = "refuse a bad phone";
     goto(c, edge, "/patients/new").await?;
     fill_registration(c, "Moussa", "Diarra", "male", "123", step).await?;
-    let form = find(c, "[name=\"phone\"]", step)
-        .await?
-        .find(Locator::XPath("./ancestor::form"))
-        .await?;
-    c.execute(
-        "arguments[0].noValidate = true;",
-        vec![serde_json::to_value(&form)?],
-    )
-    .await?;
+    let form = find(c, "[name=\"phone\"]", step).await?.find(Locator::XPath("./ancestor::form")).await?;
+    c.execute("arguments[0].noValidate = true;", vec![serde_json::to_value(&form)?]).await?;
     submit(c, "phone", step).await?;
     let error = find(c, "#error-phone", step).await?;
-    ensure!(
-        !error.text().await?.trim().is_empty(),
-        "{step}: #error-phone is empty"
-    );
-    ensure!(
-        api.search("Diarra").await?.is_empty(),
-        "{step}: the refused patient was stored"
-    );
-    println!(
-        "browser: the phone \"123\" is refused with #error-phone: {:?}",
-        error.text().await?
-    );
+    ensure!(!error.text().await?.trim().is_empty(), "{step}: #error-phone is empty");
+    ensure!(api.search("Diarra").await?.is_empty(), "{step}: the refused patient was stored");
+    println!("browser: the phone \"123\" is refused with #error-phone: {:?}", error.text().await?);
     Ok(())
 }
 
@@ -549,19 +412,12 @@ async fn register_find_and_consult_in_chromium() -> anyhow::Result<()> {
         if let Ok(png) = browser.client.screenshot().await {
             let _ = std::fs::write(dir.root().join("failure.png"), png);
         }
-        eprintln!(
-            "chromedriver log: {}; edge log: {}",
-            browser.driver_log.display(),
-            dir.log_path().display()
-        );
+        eprintln!("chromedriver log: {}; edge log: {}", browser.driver_log.display(), dir.log_path().display());
         eprintln!("edge log ends with:\n{}", tail(&edge.log(), 20));
     }
     let closed = browser.close().await;
     outcome?;
     closed?;
-    println!(
-        "browser test passed in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("browser test passed in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -45,9 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
-use santerurale_e2e::{
-    Api, EdgeDir, EdgeProcess, check_integrity, dump_rows, dump_table, open_read_only,
-};
+use santerurale_e2e::{Api, EdgeDir, EdgeProcess, check_integrity, dump_rows, dump_table, open_read_only};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -65,26 +63,8 @@ const HOT_PATIENTS: usize = 3;
 /// Longest a round may wait for its kill point.
 const BURST_TIMEOUT: Duration = Duration::from_secs(60);
 
-const GIVEN: [&str; 8] = [
-    "Aminata",
-    "Moussa",
-    "Fatoumata",
-    "Bakary",
-    "Oumou",
-    "Seydou",
-    "Kadiatou",
-    "Ibrahim",
-];
-const FAMILY: [&str; 8] = [
-    "Traoré",
-    "Diarra",
-    "Coulibaly",
-    "Keïta",
-    "Sangaré",
-    "Konaté",
-    "Dembélé",
-    "Cissé",
-];
+const GIVEN: [&str; 8] = ["Aminata", "Moussa", "Fatoumata", "Bakary", "Oumou", "Seydou", "Kadiatou", "Ibrahim"];
+const FAMILY: [&str; 8] = ["Traoré", "Diarra", "Coulibaly", "Keïta", "Sangaré", "Konaté", "Dembélé", "Cissé"];
 const VILLAGES: [&str; 4] = ["Kati", "Siby", "Ouéléssébougou", "Kangaba"];
 const KINDS: [&str; 4] = ["consultation", "antenatal", "vaccination", "follow_up"];
 
@@ -216,53 +196,32 @@ async fn writer(api: Api, burst: Arc<Burst>, id: usize, seed: u64) -> anyhow::Re
         let result = match target {
             Some(patient_id) => {
                 let diagnosis = format!("crash r{round} w{id} n{n}");
-                api.add_encounter(&patient_id, &encounter_draft(&mut rng, &diagnosis))
-                    .await
-                    .map(|enc| {
-                        let enc_id = enc["id"].as_str().unwrap_or_default().to_owned();
-                        burst.acked(|l| {
-                            l.encounters.insert(
-                                enc_id,
-                                AckedEncounter {
-                                    patient_id,
-                                    diagnosis,
-                                    round,
-                                },
-                            );
-                        });
-                    })
-            }
-            None => api
-                .register_patient(&patient_draft(&mut rng), true)
-                .await
-                .map(|p| {
-                    let patient_id = p["id"].as_str().unwrap_or_default().to_owned();
-                    mine.push(patient_id.clone());
+                api.add_encounter(&patient_id, &encounter_draft(&mut rng, &diagnosis)).await.map(|enc| {
+                    let enc_id = enc["id"].as_str().unwrap_or_default().to_owned();
                     burst.acked(|l| {
-                        if l.hot.len() < HOT_PATIENTS {
-                            l.hot.push(patient_id.clone());
-                        }
-                        let given_name = p["given_name"].as_str().unwrap_or_default().to_owned();
-                        let family_name = p["family_name"].as_str().unwrap_or_default().to_owned();
-                        l.patients.insert(
-                            patient_id,
-                            AckedPatient {
-                                given_name,
-                                family_name,
-                                round,
-                            },
-                        );
+                        l.encounters.insert(enc_id, AckedEncounter { patient_id, diagnosis, round });
                     });
-                }),
+                })
+            }
+            None => api.register_patient(&patient_draft(&mut rng), true).await.map(|p| {
+                let patient_id = p["id"].as_str().unwrap_or_default().to_owned();
+                mine.push(patient_id.clone());
+                burst.acked(|l| {
+                    if l.hot.len() < HOT_PATIENTS {
+                        l.hot.push(patient_id.clone());
+                    }
+                    let given_name = p["given_name"].as_str().unwrap_or_default().to_owned();
+                    let family_name = p["family_name"].as_str().unwrap_or_default().to_owned();
+                    l.patients.insert(patient_id, AckedPatient { given_name, family_name, round });
+                });
+            }),
         };
         match result {
             Ok(()) => {}
             // No answer: the write was in flight when the process died.
             Err(e) if e.is_transport() && burst.killed.load(Ordering::SeqCst) => return Ok(1),
             Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("writer {id} failed before the kill"))
-                );
+                return Err(anyhow::Error::new(e).context(format!("writer {id} failed before the kill")));
             }
         }
     }
@@ -309,10 +268,7 @@ async fn run_burst(
     edge.ensure_running()?;
     burst.killed.store(true, Ordering::SeqCst);
     let status = edge.kill()?;
-    ensure!(
-        status.signal() == Some(9),
-        "the edge ended with {status}, not by SIGKILL"
-    );
+    ensure!(status.signal() == Some(9), "the edge ended with {status}, not by SIGKILL");
     let mut in_flight = 0;
     while let Some(result) = writers.join_next().await {
         in_flight += result.context("a writer panicked")??;
@@ -336,9 +292,7 @@ fn check_database(db: &Path, ledger: &Ledger) -> anyhow::Result<DbStats> {
     let conn = open_read_only(db)?;
     check_integrity(&conn)?;
     let count = |sql: &str| -> anyhow::Result<u64> {
-        let n: i64 = conn
-            .query_row(sql, [], |r| r.get(0))
-            .with_context(|| sql.to_owned())?;
+        let n: i64 = conn.query_row(sql, [], |r| r.get(0)).with_context(|| sql.to_owned())?;
         Ok(u64::try_from(n)?)
     };
 
@@ -347,38 +301,23 @@ fn check_database(db: &Path, ledger: &Ledger) -> anyhow::Result<DbStats> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     if rows > 0 {
-        ensure!(
-            min == Some(1) && max == Some(rows),
-            "outbox sequence has gaps: min {min:?}, max {max:?}, {rows} rows"
-        );
+        ensure!(min == Some(1) && max == Some(rows), "outbox sequence has gaps: min {min:?}, max {max:?}, {rows} rows");
     }
     let outbox = u64::try_from(rows)?;
     let orphans = count(
         "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.patient_id = o.patient_id)",
     )?;
-    ensure!(
-        orphans == 0,
-        "{orphans} outbox rows name a patient with no document"
-    );
+    ensure!(orphans == 0, "{orphans} outbox rows name a patient with no document");
     let silent = count(
         "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.patient_id = d.patient_id)",
     )?;
-    ensure!(
-        silent == 0,
-        "{silent} documents have no change in the outbox"
-    );
+    ensure!(silent == 0, "{silent} documents have no change in the outbox");
     let unprojected = count(
         "SELECT count(*) FROM documents d WHERE NOT EXISTS (SELECT 1 FROM patients p WHERE p.id = d.patient_id)",
     )?;
-    ensure!(
-        unprojected == 0,
-        "{unprojected} documents have no row in patients"
-    );
+    ensure!(unprojected == 0, "{unprojected} documents have no row in patients");
     let documents = count("SELECT count(*) FROM documents")?;
-    ensure!(
-        count("SELECT count(*) FROM patients")? == documents,
-        "patients and documents differ in number"
-    );
+    ensure!(count("SELECT count(*) FROM patients")? == documents, "patients and documents differ in number");
     ensure!(
         count("SELECT count(*) FROM patient_search")? == documents,
         "patient_search and documents differ in number"
@@ -404,14 +343,8 @@ fn check_database(db: &Path, ledger: &Ledger) -> anyhow::Result<DbStats> {
     let with_docs = ids("SELECT patient_id FROM documents")?;
     let projected = ids("SELECT id FROM patients")?;
     for id in ledger.patients.keys() {
-        ensure!(
-            with_docs.contains(id),
-            "acknowledged patient {id} has no document"
-        );
-        ensure!(
-            projected.contains(id),
-            "acknowledged patient {id} is not in patients"
-        );
+        ensure!(with_docs.contains(id), "acknowledged patient {id} has no document");
+        ensure!(projected.contains(id), "acknowledged patient {id} is not in patients");
     }
     let encounters: BTreeMap<String, String> = {
         let mut stmt = conn.prepare("SELECT id, patient_id FROM encounters")?;
@@ -426,12 +359,7 @@ fn check_database(db: &Path, ledger: &Ledger) -> anyhow::Result<DbStats> {
         );
     }
     let compacted = count("SELECT count(*) FROM documents WHERE snapshot IS NOT NULL")?;
-    Ok(DbStats {
-        outbox,
-        documents,
-        compacted,
-        encounters: u64::try_from(encounters.len())?,
-    })
+    Ok(DbStats { outbox, documents, compacted, encounters: u64::try_from(encounters.len())? })
 }
 
 /// Reads acknowledged writes back through the API: those of `round`, or all.
@@ -444,33 +372,21 @@ async fn check_api(api: &Api, ledger: &Ledger, round: Option<usize>) -> anyhow::
     }
     for (id, enc) in &ledger.encounters {
         if round.is_none_or(|r| enc.round == r) {
-            expected
-                .entry(enc.patient_id.as_str())
-                .or_default()
-                .push((id, enc));
+            expected.entry(enc.patient_id.as_str()).or_default().push((id, enc));
         }
     }
     for (patient_id, encounters) in &expected {
-        let patient = api
-            .patient(patient_id)
-            .await
-            .with_context(|| format!("acknowledged patient {patient_id}"))?;
+        let patient = api.patient(patient_id).await.with_context(|| format!("acknowledged patient {patient_id}"))?;
         let acked = &ledger.patients[*patient_id];
         ensure!(
-            patient["given_name"] == acked.given_name.as_str()
-                && patient["family_name"] == acked.family_name.as_str(),
+            patient["given_name"] == acked.given_name.as_str() && patient["family_name"] == acked.family_name.as_str(),
             "patient {patient_id} reads back as {patient}"
         );
         let found: BTreeMap<&str, &str> = patient["encounters"]
             .as_array()
             .context("no encounters array")?
             .iter()
-            .map(|e| {
-                (
-                    e["id"].as_str().unwrap_or_default(),
-                    e["diagnosis"].as_str().unwrap_or_default(),
-                )
-            })
+            .map(|e| (e["id"].as_str().unwrap_or_default(), e["diagnosis"].as_str().unwrap_or_default()))
             .collect();
         for (enc_id, enc) in encounters {
             ensure!(
@@ -491,10 +407,7 @@ async fn signed_in(edge: &EdgeProcess) -> anyhow::Result<Api> {
 fn env_number(name: &str) -> anyhow::Result<Option<u64>> {
     std::env::var(name)
         .ok()
-        .map(|v| {
-            v.parse::<u64>()
-                .with_context(|| format!("{name}={v} is not a number"))
-        })
+        .map(|v| v.parse::<u64>().with_context(|| format!("{name}={v} is not a number")))
         .transpose()
 }
 
@@ -503,17 +416,10 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
     let started = Instant::now();
     let seed = match env_number("SANTERURALE_CRASH_SEED")? {
         Some(seed) => seed,
-        None => u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .subsec_nanos(),
-        ),
+        None => u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()),
     };
-    let rounds =
-        usize::try_from(env_number("SANTERURALE_CRASH_ROUNDS")?.unwrap_or(DEFAULT_ROUNDS as u64))?;
-    println!(
-        "crash test: {rounds} rounds, {WRITERS} writers, seed {seed} (SANTERURALE_CRASH_SEED={seed} to replay)"
-    );
+    let rounds = usize::try_from(env_number("SANTERURALE_CRASH_ROUNDS")?.unwrap_or(DEFAULT_ROUNDS as u64))?;
+    println!("crash test: {rounds} rounds, {WRITERS} writers, seed {seed} (SANTERURALE_CRASH_SEED={seed} to replay)");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = EdgeDir::new()?;
@@ -524,10 +430,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
     let mut outbox_before = 0;
     for round in 1..=rounds {
         let round_started = Instant::now();
-        let mut edge = dir
-            .start()
-            .await
-            .with_context(|| format!("restart before round {round}"))?;
+        let mut edge = dir.start().await.with_context(|| format!("restart before round {round}"))?;
         let api = signed_in(&edge).await?;
         if round > 1 {
             let snapshot = lock().clone();
@@ -538,18 +441,11 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
         let kill_point = if rng.random_bool(0.5) {
             KillPoint::AfterAcks(rng.random_range(1..=MAX_ACKS_BEFORE_KILL))
         } else {
-            KillPoint::AfterDelay(Duration::from_millis(
-                rng.random_range(0..=MAX_KILL_DELAY_MS),
-            ))
+            KillPoint::AfterDelay(Duration::from_millis(rng.random_range(0..=MAX_KILL_DELAY_MS)))
         };
         let outcome = run_burst(&mut edge, &api, &ledger, round, kill_point, &mut rng)
             .await
-            .with_context(|| {
-                format!(
-                    "round {round}, log:\n{}",
-                    santerurale_e2e::tail(&edge.log(), 30)
-                )
-            })?;
+            .with_context(|| format!("round {round}, log:\n{}", santerurale_e2e::tail(&edge.log(), 30)))?;
         drop(edge);
         let stats = check_database(&dir.db_path(), &lock())
             .with_context(|| format!("database after the kill of round {round}"))?;
@@ -573,9 +469,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
     let mut edge = dir.start().await.context("final restart")?;
     let api = signed_in(&edge).await?;
     let ledger = lock().clone();
-    let patients_read = check_api(&api, &ledger, None)
-        .await
-        .context("final read-back")?;
+    let patients_read = check_api(&api, &ledger, None).await.context("final read-back")?;
     edge.kill()?;
     drop(edge);
     let stats = check_database(&dir.db_path(), &ledger).context("final database check")?;
@@ -595,15 +489,9 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
     };
     let before = projection(&db)?;
     let said = dir.cli(&["reindex"], "").await?;
-    ensure!(
-        said.contains(&format!("reindexed {} patients", stats.documents)),
-        "edge reindex said: {said}"
-    );
+    ensure!(said.contains(&format!("reindexed {} patients", stats.documents)), "edge reindex said: {said}");
     let after = projection(&db)?;
-    for (table, (b, a)) in ["patients", "encounters", "patient_search"]
-        .iter()
-        .zip(before.iter().zip(&after))
-    {
+    for (table, (b, a)) in ["patients", "encounters", "patient_search"].iter().zip(before.iter().zip(&after)) {
         ensure!(
             b == a,
             "edge reindex changed {table}: {} rows before, {} after; first difference: {:?}",
@@ -618,10 +506,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() -> anyhow::Result<()> {
     let backup = dir.root().join("backup.db");
     dir.cli(&["backup", &backup.to_string_lossy()], "").await?;
     check_integrity(&open_read_only(&backup)?)?;
-    ensure!(
-        projection(&backup)? == after,
-        "the backup's projection differs from the database's"
-    );
+    ensure!(projection(&backup)? == after, "the backup's projection differs from the database's");
 
     println!(
         "crash test passed: {rounds} rounds in {:.1} s; {} writes acknowledged ({} patients, {} encounters), {} in flight at the kills \

@@ -86,7 +86,9 @@ impl From<StoreError> for ApiError {
                     .into(),
                 extra: Some(("duplicates", json!(dups))),
             },
-            StoreError::UsernameTaken => Self::new(StatusCode::CONFLICT, "username_taken", "this username is already taken"),
+            StoreError::UsernameTaken => {
+                Self::new(StatusCode::CONFLICT, "username_taken", "this username is already taken")
+            }
             other => Self::internal(&other),
         }
     }
@@ -108,7 +110,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     "unsupported_media_type",
                     "send the body as JSON with Content-Type: application/json",
                 ),
-                JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", e.body_text())),
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", e.body_text()))
+                }
                 JsonRejection::JsonDataError(e) => ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_body",

@@ -34,7 +34,11 @@ pub fn router() -> Router<AppState> {
         .route("/users", get(list_users).post(create_user))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
         });
     Router::new().nest("/api/v1", v1)
 }
@@ -47,10 +51,9 @@ impl FromRequestParts<AppState> for ApiUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("sign in first: send Authorization: Bearer <token> from POST /api/v1/auth/login"))?;
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("sign in first: send Authorization: Bearer <token> from POST /api/v1/auth/login")
+        })?;
         let token = header
             .to_str()
             .ok()
@@ -58,7 +61,11 @@ impl FromRequestParts<AppState> for ApiUser {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?;
-        state.tokens.verify(token.trim()).map(Self).map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
+        state
+            .tokens
+            .verify(token.trim())
+            .map(Self)
+            .map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
     }
 }
 
@@ -102,8 +109,6 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
     Ok(Json(json!({ "token": token, "token_type": "Bearer", "expires_at": exp, "role": user.role })).into_response())
 }
 
-
-
 #[derive(Debug, Deserialize)]
 struct SearchQuery {
     #[serde(default)]
@@ -142,7 +147,11 @@ async fn register_patient(
     Ok((StatusCode::CREATED, Json(patient)).into_response())
 }
 
-async fn get_patient(State(state): State<AppState>, _user: ApiUser, IdPath(id): IdPath<PatientId>) -> Result<Response, ApiError> {
+async fn get_patient(
+    State(state): State<AppState>,
+    _user: ApiUser,
+    IdPath(id): IdPath<PatientId>,
+) -> Result<Response, ApiError> {
     let patient = state.store.get_patient(id).await?.ok_or_else(|| ApiError::not_found("no patient with this id"))?;
     Ok(Json(patient).into_response())
 }
@@ -188,13 +197,27 @@ struct NewUser {
     role: String,
 }
 
-async fn create_user(State(state): State<AppState>, user: ApiUser, ApiJson(new): ApiJson<NewUser>) -> Result<Response, ApiError> {
+async fn create_user(
+    State(state): State<AppState>,
+    user: ApiUser,
+    ApiJson(new): ApiJson<NewUser>,
+) -> Result<Response, ApiError> {
     user.require(|r| r == Role::Admin, "manage accounts")?;
-    let username = crate::validate_username(&new.username).map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_username", m))?;
-    let role = Role::parse(new.role.trim())
-        .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", "role must be admin, clinician or registrar"))?;
+    let username = crate::validate_username(&new.username)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_username", m))?;
+    let role = Role::parse(new.role.trim()).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_role", "role must be admin, clinician or registrar")
+    })?;
     check_password_policy(&new.password).map_err(|code| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("the password must have {} to {} characters", crate::auth::MIN_PASSWORD_CHARS, crate::auth::MAX_PASSWORD_CHARS))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            format!(
+                "the password must have {} to {} characters",
+                crate::auth::MIN_PASSWORD_CHARS,
+                crate::auth::MAX_PASSWORD_CHARS
+            ),
+        )
     })?;
     let password = new.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))

@@ -20,7 +20,7 @@
 //! Encounters are keyed by their UUIDv7, so concurrent additions never collide.
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use santerurale_shared::{
     AgeGroup, DeviceId, Encounter, EncounterFields, EncounterId, EncounterKind, PatientFields, PatientId, Phone, Sex,
     SiteId,
@@ -167,7 +167,11 @@ impl PatientDoc {
             sex,
             birth_date,
             birth_date_estimated: r.bool(&ROOT, "birth_date_estimated")?,
-            phone: r.opt_string(&ROOT, "phone")?.map(|p| Phone::from_e164(&p)).transpose().map_err(|_| corrupt("phone"))?,
+            phone: r
+                .opt_string(&ROOT, "phone")?
+                .map(|p| Phone::from_e164(&p))
+                .transpose()
+                .map_err(|_| corrupt("phone"))?,
             village: r.string(&ROOT, "village")?,
             national_id: r.opt_string(&ROOT, "national_id")?,
             whatsapp_consent: r.bool(&ROOT, "whatsapp_consent")?,
@@ -292,7 +296,8 @@ impl Reader<'_> {
             notes: text("notes")?,
             clinician: text("clinician")?,
             age_group: AgeGroup::at(birth_date, date),
-            recorded_at: parse_timestamp(&text("recorded_at")?).ok_or_else(|| format!("encounter {key}: recorded_at"))?,
+            recorded_at: parse_timestamp(&text("recorded_at")?)
+                .ok_or_else(|| format!("encounter {key}: recorded_at"))?,
         })
     }
 }

@@ -199,7 +199,10 @@ impl Store {
     }
 
     /// [`Store::write`] for callers already off the runtime (CLI, benchmarks).
-    pub fn blocking_write<T>(&self, f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn blocking_write<T>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut wtx = WriteTx::new(tx, self);

@@ -71,9 +71,8 @@ impl<'c> WriteTx<'c> {
     /// Validates and registers a new patient. Unless `allow_duplicate`, refuses
     /// with [`StoreError::PossibleDuplicate`] when a similar patient exists.
     pub fn register(&mut self, draft: &PatientDraft, allow_duplicate: bool) -> Result<Patient, StoreError> {
-        let fields = draft
-            .validate(Self::today(), &self.store.options().default_country)
-            .map_err(StoreError::Invalid)?;
+        let fields =
+            draft.validate(Self::today(), &self.store.options().default_country).map_err(StoreError::Invalid)?;
         if !allow_duplicate {
             let dups = find_duplicates(&self.tx, &fields, None)?;
             if !dups.is_empty() {
@@ -195,9 +194,8 @@ impl<'c> WriteTx<'c> {
 
 fn load_doc(c: &Connection, actor: santerurale_shared::DeviceId, id: PatientId) -> Result<PatientDoc, StoreError> {
     let pid = id.to_string();
-    let snapshot: Option<Option<Vec<u8>>> = c
-        .query_row("SELECT snapshot FROM documents WHERE patient_id = ?1", [&pid], |r| r.get(0))
-        .optional()?;
+    let snapshot: Option<Option<Vec<u8>>> =
+        c.query_row("SELECT snapshot FROM documents WHERE patient_id = ?1", [&pid], |r| r.get(0)).optional()?;
     let Some(snapshot) = snapshot else { return Err(StoreError::NotFound) };
     let mut stmt = c.prepare_cached("SELECT bytes FROM document_changes WHERE patient_id = ?1 ORDER BY id")?;
     let changes = stmt.query_map([&pid], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
@@ -257,7 +255,8 @@ fn project(
         .unwrap_or_default();
     // The id squashed ("nina778") and as its words ("nina 778"), so it is
     // found however it is typed.
-    let ids = f.national_id.as_deref().map(|id| format!("{} {}", compact_id(id), words(id).join(" "))).unwrap_or_default();
+    let ids =
+        f.national_id.as_deref().map(|id| format!("{} {}", compact_id(id), words(id).join(" "))).unwrap_or_default();
     c.execute(
         "INSERT INTO patient_search (rowid, names, phones, ids) VALUES (?1, ?2, ?3, ?4)",
         params![row_id, format!("{} {}", f.given_name, f.family_name), phones, ids],
@@ -411,7 +410,9 @@ impl SearchPlan {
             Self::Empty | Self::ById(_) => None,
             Self::Digits(d) => Some(format!("{{phones ids}} : \"{d}\"*")),
             // Each word is quoted (so no word is read as FTS syntax) and a prefix.
-            Self::Words(w) => Some(w.iter().map(|w| format!("{{names ids}} : \"{w}\"*")).collect::<Vec<_>>().join(" AND ")),
+            Self::Words(w) => {
+                Some(w.iter().map(|w| format!("{{names ids}} : \"{w}\"*")).collect::<Vec<_>>().join(" AND "))
+            }
         }
     }
 }
@@ -450,7 +451,8 @@ pub(crate) fn search(c: &Connection, q: &str, limit: usize) -> Result<Vec<Patien
 
 /// The most recently updated patients (what an empty search box shows).
 fn recent(c: &Connection, limit: usize) -> Result<Vec<Patient>, StoreError> {
-    let mut stmt = c.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients ORDER BY updated_at DESC LIMIT ?1"))?;
+    let mut stmt =
+        c.prepare_cached(&format!("SELECT {PATIENT_COLUMNS} FROM patients ORDER BY updated_at DESC LIMIT ?1"))?;
     let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

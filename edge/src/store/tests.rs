@@ -44,7 +44,8 @@ fn dump(store: &Store, tables: &[&str]) -> Vec<String> {
                 let n = stmt.column_count();
                 let mut rows = stmt.query([])?;
                 while let Some(r) = rows.next()? {
-                    let cols: Vec<String> = (0..n).map(|i| format!("{:?}", r.get_ref(i).map(|v| format!("{v:?}")))).collect();
+                    let cols: Vec<String> =
+                        (0..n).map(|i| format!("{:?}", r.get_ref(i).map(|v| format!("{v:?}")))).collect();
                     out.push(format!("{t}: {}", cols.join(" | ")));
                 }
             }
@@ -101,8 +102,12 @@ fn the_outbox_holds_every_change_in_order() {
     store.blocking_write(|w| w.add_encounter(a.id, &encounter("one"), "x")).expect("e1");
     store.blocking_write(|w| w.add_encounter(b.id, &encounter("two"), "x")).expect("e2");
     // A patch that changes nothing makes no change and no outbox entry.
-    store.blocking_write(|w| w.update(a.id, &PatientPatch { village: Some("Kati".into()), ..PatientPatch::default() })).expect("noop");
-    store.blocking_write(|w| w.update(a.id, &PatientPatch { village: Some("Bla".into()), ..PatientPatch::default() })).expect("upd");
+    store
+        .blocking_write(|w| w.update(a.id, &PatientPatch { village: Some("Kati".into()), ..PatientPatch::default() }))
+        .expect("noop");
+    store
+        .blocking_write(|w| w.update(a.id, &PatientPatch { village: Some("Bla".into()), ..PatientPatch::default() }))
+        .expect("upd");
     let rows: Vec<(i64, String, Vec<u8>)> = store
         .blocking_read(|c| {
             let mut s = c.prepare("SELECT seq, patient_id, bytes FROM outbox ORDER BY seq")?;
@@ -130,7 +135,9 @@ fn the_outbox_holds_every_change_in_order() {
 fn reindex_rebuilds_the_same_projection() {
     let (_dir, store) = open();
     let mut ids = Vec::new();
-    for (i, (g, f)) in [("Aminata", "Traoré"), ("Moussa", "Keïta"), ("Awa", "Sangaré"), ("Seydou", "Diallo")].iter().enumerate() {
+    for (i, (g, f)) in
+        [("Aminata", "Traoré"), ("Moussa", "Keïta"), ("Awa", "Sangaré"), ("Seydou", "Diallo")].iter().enumerate()
+    {
         let phone = format!("7600000{i}");
         let p = store.blocking_write(|w| w.register(&draft(g, f, Some(&phone)), false)).expect("register");
         ids.push(p.id);
@@ -140,10 +147,18 @@ fn reindex_rebuilds_the_same_projection() {
         store.blocking_write(|w| w.add_encounter(ids[0], &encounter(&format!("visite {n}")), "x")).expect("encounter");
     }
     store
-        .blocking_write(|w| w.update(ids[1], &PatientPatch { national_id: Some("ML-123 456".into()), ..PatientPatch::default() }))
+        .blocking_write(|w| {
+            w.update(ids[1], &PatientPatch { national_id: Some("ML-123 456".into()), ..PatientPatch::default() })
+        })
         .expect("update");
     let compacted: (Option<Vec<u8>>, i64) = store
-        .blocking_read(|c| Ok(c.query_row("SELECT snapshot, change_count FROM documents WHERE patient_id = ?1", [ids[0].to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?))
+        .blocking_read(|c| {
+            Ok(c.query_row(
+                "SELECT snapshot, change_count FROM documents WHERE patient_id = ?1",
+                [ids[0].to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
         .expect("doc row");
     assert!(compacted.0.is_some(), "the busy document was compacted");
     assert!(compacted.1 < COMPACT_AFTER_CHANGES);
@@ -153,17 +168,24 @@ fn reindex_rebuilds_the_same_projection() {
     let rebuilt = dump(&store, PROJECTION);
     assert_eq!(rebuilt, incremental);
     // And it is not vacuous: the projection was really emptied and refilled.
-    assert!(rebuilt.iter().filter(|l| l.starts_with("encounters:")).count() == usize::try_from(COMPACT_AFTER_CHANGES + 3).expect("fits"));
+    assert!(
+        rebuilt.iter().filter(|l| l.starts_with("encounters:")).count()
+            == usize::try_from(COMPACT_AFTER_CHANGES + 3).expect("fits")
+    );
 }
 
 #[test]
 fn search_ignores_accents_case_word_order_and_phone_format() {
     let (_dir, store) = open();
-    let aminata = store.blocking_write(|w| w.register(&draft("Aminata", "TRAORÉ", Some("+223 76 12 34 56")), false)).expect("a");
+    let aminata =
+        store.blocking_write(|w| w.register(&draft("Aminata", "TRAORÉ", Some("+223 76 12 34 56")), false)).expect("a");
     store.blocking_write(|w| w.register(&draft("Mariam", "Keïta", Some("66 00 00 01")), false)).expect("b");
     store
         .blocking_write(|w| {
-            w.register(&PatientDraft { national_id: Some("ML-2024/778".into()), ..draft("Oumou", "Sangaré", None) }, false)
+            w.register(
+                &PatientDraft { national_id: Some("ML-2024/778".into()), ..draft("Oumou", "Sangaré", None) },
+                false,
+            )
         })
         .expect("c");
     let names = |q: &str| -> Vec<String> {
@@ -200,7 +222,12 @@ fn whole_word_matches_come_before_prefix_matches() {
     store.blocking_write(|w| w.register(&draft("Awa", "Koné", None), false)).expect("older");
     store.blocking_write(|w| w.register(&draft("Hawa", "Konaté", None), false)).expect("newer");
     let names = |q: &str| -> Vec<String> {
-        store.blocking_read(|c| patients::search(c, q, 10)).expect("search").into_iter().map(|p| p.family_name).collect()
+        store
+            .blocking_read(|c| patients::search(c, q, 10))
+            .expect("search")
+            .into_iter()
+            .map(|p| p.family_name)
+            .collect()
     };
     // Both match the prefix; the newest comes first unless one matches whole.
     assert_eq!(names("kon"), ["Konaté", "Koné"]);

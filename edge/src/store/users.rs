@@ -85,13 +85,22 @@ pub fn insert_user(c: &Connection, username: &str, role: Role, password_hash: &s
 
 impl Store {
     /// Creates an account. `password_hash` is a PHC string.
-    pub async fn create_user(&self, username: String, role: Role, password_hash: String) -> Result<UserRecord, StoreError> {
+    pub async fn create_user(
+        &self,
+        username: String,
+        role: Role,
+        password_hash: String,
+    ) -> Result<UserRecord, StoreError> {
         self.write(move |w| insert_user(w.conn(), &username, role, &password_hash)).await
     }
 
     /// Creates the first admin, only while no account exists (first-run setup).
     /// Returns `None` if an account already exists.
-    pub async fn create_first_admin(&self, username: String, password_hash: String) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn create_first_admin(
+        &self,
+        username: String,
+        password_hash: String,
+    ) -> Result<Option<UserRecord>, StoreError> {
         self.write(move |w| {
             let n: i64 = w.conn().query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
             if n > 0 {
@@ -112,7 +121,8 @@ impl Store {
 
     pub async fn find_user(&self, username: String) -> Result<Option<UserRecord>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT id, username, role, password_hash FROM users WHERE username = ?1")?;
+            let mut stmt =
+                c.prepare_cached("SELECT id, username, role, password_hash FROM users WHERE username = ?1")?;
             let mut rows = stmt.query([username])?;
             rows.next()?.map(user_from_row).transpose()
         })

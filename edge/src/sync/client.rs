@@ -13,8 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use santerurale_shared::sync::{
-    CodecError, ErrorBody, PUSH_PATH, PushOutcome, PushRequest, PushResponse, SigningKey,
-    decode_push_response, encode_push, sign,
+    CodecError, ErrorBody, PUSH_PATH, PushOutcome, PushRequest, PushResponse, SigningKey, decode_push_response,
+    encode_push, sign,
 };
 use santerurale_shared::{DeviceId, SiteId};
 use serde::{Deserialize, Serialize};
@@ -51,12 +51,7 @@ pub enum HubError {
     Network(#[source] reqwest::Error),
     /// The hub answered with its JSON error body.
     #[error("{code}: {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-        retryable: Option<bool>,
-    },
+    Refused { status: u16, code: String, message: String, retryable: Option<bool> },
     /// An error status without a readable error body (a proxy's page).
     #[error("the hub answered HTTP {status}")]
     Status { status: u16 },
@@ -72,9 +67,7 @@ impl HubError {
     pub fn outcome(&self) -> PushOutcome {
         match self {
             Self::Network(_) => PushOutcome::from_failure(None, None),
-            Self::Refused {
-                status, retryable, ..
-            } => PushOutcome::from_failure(Some(*status), *retryable),
+            Self::Refused { status, retryable, .. } => PushOutcome::from_failure(Some(*status), *retryable),
             Self::Status { status } => PushOutcome::from_failure(Some(*status), None),
             // A garbled answer may come from a broken link; re-sending is harmless.
             Self::BadResponse(_) => PushOutcome::Retryable,
@@ -152,11 +145,8 @@ impl HubClient {
         device_id: DeviceId,
         key: &SigningKey,
     ) -> Result<EnrollResponse, HubError> {
-        let body = EnrollRequest {
-            token,
-            device_id,
-            public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
-        };
+        let body =
+            EnrollRequest { token, device_id, public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()) };
         let response = self
             .http
             .post(format!("{}{ENROLL_PATH}", self.base))
@@ -167,39 +157,18 @@ impl HubClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(HubError::Network)?;
         if status == StatusCode::CREATED || status == StatusCode::OK {
-            return serde_json::from_slice(&bytes).map_err(|_| HubError::Status {
-                status: status.as_u16(),
-            });
+            return serde_json::from_slice(&bytes).map_err(|_| HubError::Status { status: status.as_u16() });
         }
         Err(match serde_json::from_slice::<EnrollErrorBody>(&bytes) {
-            Ok(e) => HubError::Refused {
-                status: status.as_u16(),
-                code: e.code,
-                message: e.message,
-                retryable: None,
-            },
-            Err(_) => HubError::Status {
-                status: status.as_u16(),
-            },
+            Ok(e) => HubError::Refused { status: status.as_u16(), code: e.code, message: e.message, retryable: None },
+            Err(_) => HubError::Status { status: status.as_u16() },
         })
     }
 
     /// Encodes, signs and sends one push.
-    pub(crate) async fn push(
-        &self,
-        key: &SigningKey,
-        request: &PushRequest,
-    ) -> Result<PushResponse, HubError> {
+    pub(crate) async fn push(&self, key: &SigningKey, request: &PushRequest) -> Result<PushResponse, HubError> {
         let body = encode_push(request).map_err(HubError::Encode)?;
-        let headers = sign(
-            key,
-            request.device_id,
-            "POST",
-            PUSH_PATH,
-            &body,
-            unix_now(),
-            rand::random(),
-        );
+        let headers = sign(key, request.device_id, "POST", PUSH_PATH, &body, unix_now(), rand::random());
         let mut builder = self
             .http
             .post(format!("{}{PUSH_PATH}", self.base))
@@ -220,18 +189,13 @@ impl HubClient {
                 message: e.message,
                 retryable: Some(e.retryable),
             },
-            Err(_) => HubError::Status {
-                status: status.as_u16(),
-            },
+            Err(_) => HubError::Status { status: status.as_u16() },
         })
     }
 }
 
 fn unix_now() -> i64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
@@ -248,11 +212,7 @@ pub fn check_hub_url(raw: &str, allow_insecure_http: bool) -> Result<String, Hub
         return Err(HubUrlError::Invalid(raw.to_owned()));
     };
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     let base = url.as_str().trim_end_matches('/').to_owned();
     if !loopback && !allow_insecure_http {
         return Err(HubUrlError::InsecureHttp(base));
@@ -266,58 +226,25 @@ mod tests {
 
     #[test]
     fn plain_http_is_for_loopback_unless_the_operator_insists() {
-        for ok in [
-            "http://127.0.0.1:8443",
-            "http://localhost:80/",
-            "http://[::1]:9000",
-            "http://127.0.0.2",
-        ] {
+        for ok in ["http://127.0.0.1:8443", "http://localhost:80/", "http://[::1]:9000", "http://127.0.0.2"] {
             assert!(check_hub_url(ok, false).is_ok(), "{ok}");
         }
-        assert_eq!(
-            check_hub_url("http://localhost:80/", false).expect("ok"),
-            "http://localhost"
-        );
-        assert!(matches!(
-            check_hub_url("http://hub.example.org", false),
-            Err(HubUrlError::InsecureHttp(_))
-        ));
-        assert!(matches!(
-            check_hub_url("http://10.0.0.5:8080", false),
-            Err(HubUrlError::InsecureHttp(_))
-        ));
-        assert_eq!(
-            check_hub_url("http://10.0.0.5:8080/", true).expect("ok"),
-            "http://10.0.0.5:8080"
-        );
-        assert!(matches!(
-            check_hub_url("https://hub.example.org", true),
-            Err(HubUrlError::Scheme(_))
-        ));
-        assert!(matches!(
-            check_hub_url("not a url", true),
-            Err(HubUrlError::Invalid(_))
-        ));
+        assert_eq!(check_hub_url("http://localhost:80/", false).expect("ok"), "http://localhost");
+        assert!(matches!(check_hub_url("http://hub.example.org", false), Err(HubUrlError::InsecureHttp(_))));
+        assert!(matches!(check_hub_url("http://10.0.0.5:8080", false), Err(HubUrlError::InsecureHttp(_))));
+        assert_eq!(check_hub_url("http://10.0.0.5:8080/", true).expect("ok"), "http://10.0.0.5:8080");
+        assert!(matches!(check_hub_url("https://hub.example.org", true), Err(HubUrlError::Scheme(_))));
+        assert!(matches!(check_hub_url("not a url", true), Err(HubUrlError::Invalid(_))));
     }
 
     #[test]
     fn failures_are_classified_for_the_planner() {
-        let refused = |status, retryable| HubError::Refused {
-            status,
-            code: "c".into(),
-            message: "m".into(),
-            retryable,
-        };
+        let refused =
+            |status, retryable| HubError::Refused { status, code: "c".into(), message: "m".into(), retryable };
         assert_eq!(refused(403, Some(false)).outcome(), PushOutcome::Permanent);
         assert_eq!(refused(413, Some(false)).outcome(), PushOutcome::TooLarge);
         assert_eq!(refused(503, Some(true)).outcome(), PushOutcome::Retryable);
-        assert_eq!(
-            HubError::Status { status: 502 }.outcome(),
-            PushOutcome::Retryable
-        );
-        assert_eq!(
-            HubError::Status { status: 404 }.outcome(),
-            PushOutcome::Permanent
-        );
+        assert_eq!(HubError::Status { status: 502 }.outcome(), PushOutcome::Retryable);
+        assert_eq!(HubError::Status { status: 404 }.outcome(), PushOutcome::Permanent);
     }
 }

@@ -48,9 +48,7 @@ pub enum EnrollError {
         "this edge is already enrolled in site {site}; pass --force to enroll it again (the old key stops being used)"
     )]
     AlreadyEnrolled { site: String },
-    #[error(
-        "a device key already exists at {0} from an enrollment that did not finish; pass --force to replace it"
-    )]
+    #[error("a device key already exists at {0} from an enrollment that did not finish; pass --force to replace it")]
     KeyExists(std::path::PathBuf),
     #[error(transparent)]
     HubUrl(#[from] HubUrlError),
@@ -75,14 +73,8 @@ pub enum EnrollError {
     )]
     Conflict { code: String, message: String },
     #[error("the hub refused the enrollment (HTTP {status}, {code}: {message})")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error(
-        "the hub answered the enrollment with HTTP {status} and no usable body: is {url} a Santé Rurale hub?"
-    )]
+    Refused { status: u16, code: String, message: String },
+    #[error("the hub answered the enrollment with HTTP {status} and no usable body: is {url} a Santé Rurale hub?")]
     BadAnswer { url: String, status: u16 },
     #[error("the hub enrolled device {got}, not this edge's {expected}")]
     WrongDevice { expected: DeviceId, got: DeviceId },
@@ -91,11 +83,7 @@ pub enum EnrollError {
 }
 
 /// Enrolls the edge whose store is `store` and data directory `data_dir`.
-pub async fn enroll(
-    store: &Store,
-    data_dir: &Path,
-    options: EnrollOptions,
-) -> Result<Enrollment, EnrollError> {
+pub async fn enroll(store: &Store, data_dir: &Path, options: EnrollOptions) -> Result<Enrollment, EnrollError> {
     let client = HubClient::new(&options.hub_url, options.insecure_http)?;
     if !options.force {
         if let Some(site) = store.read(|c| get_meta(c, mk::SITE_ID)).await? {
@@ -124,43 +112,19 @@ async fn register(
 ) -> Result<Enrollment, EnrollError> {
     let device_id = store.device_id();
     let url = client.base().to_owned();
-    let answer = client
-        .enroll(&options.token, device_id, key)
-        .await
-        .map_err(|e| match e {
-            HubError::Network(source) => EnrollError::Network {
-                url: url.clone(),
-                source,
-            },
-            HubError::Refused {
-                status,
-                code,
-                message,
-                ..
-            } => match status {
-                401 | 403 => EnrollError::TokenRejected { code, message },
-                410 => EnrollError::TokenGone { code, message },
-                409 => EnrollError::Conflict { code, message },
-                _ => EnrollError::Refused {
-                    status,
-                    code,
-                    message,
-                },
-            },
-            HubError::Status { status } => EnrollError::BadAnswer {
-                url: url.clone(),
-                status,
-            },
-            HubError::BadResponse(_) | HubError::Encode(_) => EnrollError::BadAnswer {
-                url: url.clone(),
-                status: 0,
-            },
-        })?;
+    let answer = client.enroll(&options.token, device_id, key).await.map_err(|e| match e {
+        HubError::Network(source) => EnrollError::Network { url: url.clone(), source },
+        HubError::Refused { status, code, message, .. } => match status {
+            401 | 403 => EnrollError::TokenRejected { code, message },
+            410 => EnrollError::TokenGone { code, message },
+            409 => EnrollError::Conflict { code, message },
+            _ => EnrollError::Refused { status, code, message },
+        },
+        HubError::Status { status } => EnrollError::BadAnswer { url: url.clone(), status },
+        HubError::BadResponse(_) | HubError::Encode(_) => EnrollError::BadAnswer { url: url.clone(), status: 0 },
+    })?;
     if answer.device_id != device_id {
-        return Err(EnrollError::WrongDevice {
-            expected: device_id,
-            got: answer.device_id,
-        });
+        return Err(EnrollError::WrongDevice { expected: device_id, got: answer.device_id });
     }
     // The hub holds the key now: make it the device key, then bind the site.
     keys::commit_pending(data_dir)?;
@@ -180,17 +144,10 @@ async fn register(
             set_meta(c, mk::SITE_NAME, &saved.site_name)?;
             set_meta(c, mk::SITE_CODE, &saved.site_code)?;
             set_meta(c, mk::HUB_URL, &saved.hub_url)?;
-            set_meta(
-                c,
-                mk::HUB_INSECURE_HTTP,
-                if insecure { "true" } else { "false" },
-            )?;
+            set_meta(c, mk::HUB_INSECURE_HTTP, if insecure { "true" } else { "false" })?;
             set_meta(c, mk::ENROLLED_AT, &now_rfc3339())?;
             // A previous enrollment's failures say nothing about this one.
-            c.execute(
-                "DELETE FROM meta WHERE key IN (?1, ?2)",
-                [mk::LAST_ERROR, mk::LAST_ERROR_AT],
-            )?;
+            c.execute("DELETE FROM meta WHERE key IN (?1, ?2)", [mk::LAST_ERROR, mk::LAST_ERROR_AT])?;
             Ok(())
         })
         .await?;

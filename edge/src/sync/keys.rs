@@ -39,19 +39,11 @@ pub enum KeyError {
     #[error("there is no device key at {0}: enroll this edge first (`edge enroll`)")]
     Missing(PathBuf),
     #[error("cannot read the device key {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "the device key {0} is not 32 bytes long: the file is damaged, enroll again with --force"
-    )]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the device key {0} is not 32 bytes long: the file is damaged, enroll again with --force")]
     Malformed(PathBuf),
     #[error("cannot write the device key {path}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// A fresh key from 32 random bytes.
@@ -75,10 +67,7 @@ pub fn load(data_dir: &Path) -> Result<SigningKey, KeyError> {
         Err(source) => return Err(KeyError::Read { path, source }),
     };
     warn_if_readable_by_others(&path);
-    let secret: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| KeyError::Malformed(path))?;
+    let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Malformed(path))?;
     Ok(SigningKey::from_bytes(&secret))
 }
 
@@ -86,10 +75,7 @@ pub fn load(data_dir: &Path) -> Result<SigningKey, KeyError> {
 /// moment readable by others), and syncs it.
 pub(crate) fn write_pending(data_dir: &Path, key: &SigningKey) -> Result<(), KeyError> {
     let path = data_dir.join(PENDING_FILE);
-    let write_err = |source| KeyError::Write {
-        path: path.clone(),
-        source,
-    };
+    let write_err = |source| KeyError::Write { path: path.clone(), source };
     // A leftover from an enrollment that crashed: never used, safe to drop.
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -110,17 +96,12 @@ pub(crate) fn write_pending(data_dir: &Path, key: &SigningKey) -> Result<(), Key
 /// is synced so the rename survives a power cut).
 pub(crate) fn commit_pending(data_dir: &Path) -> Result<(), KeyError> {
     let target = key_path(data_dir);
-    std::fs::rename(data_dir.join(PENDING_FILE), &target).map_err(|source| KeyError::Write {
-        path: target.clone(),
-        source,
-    })?;
+    std::fs::rename(data_dir.join(PENDING_FILE), &target)
+        .map_err(|source| KeyError::Write { path: target.clone(), source })?;
     #[cfg(unix)]
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| KeyError::Write {
-            path: target,
-            source,
-        })?;
+        .map_err(|source| KeyError::Write { path: target, source })?;
     Ok(())
 }
 

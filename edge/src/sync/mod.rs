@@ -98,9 +98,7 @@ pub enum SyncError {
     Hub(#[from] HubError),
     #[error("outbox entry {seq} is larger than the hub accepts on its own; it cannot be sent")]
     ChangeTooLarge { seq: u64 },
-    #[error(
-        "the hub acknowledged up to {acked_through}, below the batch it was sent (from {first_seq})"
-    )]
+    #[error("the hub acknowledged up to {acked_through}, below the batch it was sent (from {first_seq})")]
     AckBelowBatch { acked_through: u64, first_seq: u64 },
 }
 
@@ -130,11 +128,7 @@ pub async fn run_once(state: &AppState) -> Result<SyncReport, SyncError> {
 
 /// One full push: every pending entry, or until a failure. The outcome is
 /// recorded in `meta` either way (except "not enrolled", which is no sync).
-pub async fn push(
-    store: &crate::store::Store,
-    data_dir: &Path,
-    config: PushConfig,
-) -> Result<SyncReport, SyncError> {
+pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConfig) -> Result<SyncReport, SyncError> {
     let result = push::run(store, data_dir, config).await;
     let record = match &result {
         Ok(_) => Some(None),
@@ -167,12 +161,7 @@ pub async fn push(
         }
     }
     match &result {
-        Ok(r) => tracing::info!(
-            pushed = r.pushed,
-            batches = r.batches,
-            duplicates = r.duplicates,
-            "sync push done"
-        ),
+        Ok(r) => tracing::info!(pushed = r.pushed, batches = r.batches, duplicates = r.duplicates, "sync push done"),
         Err(e) => {
             tracing::warn!(error = %e.display_message(), retryable = e.is_retryable(), "sync push failed")
         }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use rusqlite::Connection;
 use santerurale_shared::sync::{
-    Batch, Next, NotAscending, OutboxChange, PROTOCOL_VERSION, Pending, PushConfig, PushOutcome,
-    PushPlanner, PushRequest, StopReason,
+    Batch, Next, NotAscending, OutboxChange, PROTOCOL_VERSION, Pending, PushConfig, PushOutcome, PushPlanner,
+    PushRequest, StopReason,
 };
 
 use super::client::HubClient;
@@ -20,11 +20,7 @@ struct Planned {
     depth: u64,
 }
 
-pub(super) async fn run(
-    store: &Store,
-    data_dir: &Path,
-    config: PushConfig,
-) -> Result<SyncReport, SyncError> {
+pub(super) async fn run(store: &Store, data_dir: &Path, config: PushConfig) -> Result<SyncReport, SyncError> {
     let Some((url, insecure)) = store.read(enrolled_hub).await? else {
         return Err(SyncError::NotEnrolled);
     };
@@ -38,23 +34,14 @@ pub(super) async fn run(
         let Some(planned) = store.read(move |c| next_batch(c, &snapshot)).await?? else {
             break;
         };
-        let request = PushRequest {
-            protocol: PROTOCOL_VERSION,
-            device_id,
-            batch: planned.changes,
-            outbox_depth: planned.depth,
-        };
+        let request =
+            PushRequest { protocol: PROTOCOL_VERSION, device_id, batch: planned.changes, outbox_depth: planned.depth };
         let sent = client.push(&key, &request).await;
         let outcome = match &sent {
-            Ok(response) => PushOutcome::Acked {
-                through: response.acked_through,
-            },
+            Ok(response) => PushOutcome::Acked { through: response.acked_through },
             Err(e) => e.outcome(),
         };
-        match (
-            planner.record(&planned.batch, outcome, rand::random::<f64>()),
-            sent,
-        ) {
+        match (planner.record(&planned.batch, outcome, rand::random::<f64>()), sent) {
             (Next::MarkSentThrough { seq }, Ok(response)) => {
                 report.pushed += store.write(move |w| mark_sent(w.conn(), seq)).await?;
                 report.batches += 1;
@@ -85,34 +72,21 @@ pub(super) async fn run(
 }
 
 /// Plans the next batch from the oldest pending entries and reads it.
-fn next_batch(
-    c: &Connection,
-    planner: &PushPlanner,
-) -> Result<Result<Option<Planned>, NotAscending>, StoreError> {
+fn next_batch(c: &Connection, planner: &PushPlanner) -> Result<Result<Option<Planned>, NotAscending>, StoreError> {
     // One read transaction: the sizes, the count and the bytes agree.
     let c = c.unchecked_transaction()?;
     let limit = i64::from(planner.policy().max_changes);
-    let mut stmt = c.prepare_cached(
-        "SELECT seq, length(bytes) FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT ?1",
-    )?;
+    let mut stmt =
+        c.prepare_cached("SELECT seq, length(bytes) FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT ?1")?;
     let pending = stmt
-        .query_map([limit], |r| {
-            Ok(Pending {
-                seq: unsigned(r.get(0)?),
-                size: unsigned(r.get(1)?),
-            })
-        })?
+        .query_map([limit], |r| Ok(Pending { seq: unsigned(r.get(0)?), size: unsigned(r.get(1)?) }))?
         .collect::<Result<Vec<_>, _>>()?;
     let batch = match planner.plan(&pending) {
         Ok(Some(b)) => b,
         Ok(None) => return Ok(Ok(None)),
         Err(e) => return Ok(Err(e)),
     };
-    let depth = unsigned(c.query_row(
-        "SELECT count(*) FROM outbox WHERE acked_at IS NULL",
-        [],
-        |r| r.get(0),
-    )?);
+    let depth = unsigned(c.query_row("SELECT count(*) FROM outbox WHERE acked_at IS NULL", [], |r| r.get(0))?);
     let mut stmt = c.prepare_cached(
         "SELECT seq, patient_id, bytes FROM outbox WHERE acked_at IS NULL AND seq BETWEEN ?1 AND ?2 ORDER BY seq",
     )?;
@@ -122,21 +96,13 @@ fn next_batch(
         })?
         .map(|row| {
             let (seq, patient, change) = row?;
-            let patient_id = patient.parse().map_err(|_| {
-                StoreError::CorruptDocument(patient.clone(), "outbox patient id".into())
-            })?;
-            Ok(OutboxChange {
-                seq,
-                patient_id,
-                change,
-            })
+            let patient_id = patient
+                .parse()
+                .map_err(|_| StoreError::CorruptDocument(patient.clone(), "outbox patient id".into()))?;
+            Ok(OutboxChange { seq, patient_id, change })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Ok(Some(Planned {
-        batch,
-        changes,
-        depth,
-    })))
+    Ok(Ok(Some(Planned { batch, changes, depth })))
 }
 
 /// Marks every pending entry up to `seq` as sent; returns how many.

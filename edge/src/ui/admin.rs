@@ -43,36 +43,13 @@ async fn users_page(
     status: StatusCode,
     created: bool,
 ) -> Result<Response, UiError> {
-    let users = state
-        .store
-        .list_users()
-        .await
-        .map_err(|e| page.internal(&e))?;
-    let users = users
-        .into_iter()
-        .map(|u| UserView {
-            role: page.lang.role(u.role),
-            username: u.username,
-        })
-        .collect();
+    let users = state.store.list_users().await.map_err(|e| page.internal(&e))?;
+    let users = users.into_iter().map(|u| UserView { role: page.lang.role(u.role), username: u.username }).collect();
     let roles = [Role::Registrar, Role::Clinician, Role::Admin]
         .into_iter()
-        .map(|r| RoleOption {
-            value: r.as_str(),
-            label: page.lang.role(r),
-        })
+        .map(|r| RoleOption { value: r.as_str(), label: page.lang.role(r) })
         .collect();
-    Ok(render(
-        status,
-        page,
-        &UsersTpl {
-            page: page.clone(),
-            users,
-            roles,
-            form,
-            created,
-        },
-    ))
+    Ok(render(status, page, &UsersTpl { page: page.clone(), users, roles, form, created }))
 }
 
 /// `GET /users`; `?created=1` after an account was just created.
@@ -88,11 +65,7 @@ pub async fn users(
     users_page(&state, &page, form, StatusCode::OK, created).await
 }
 
-pub async fn create_user(
-    State(state): State<AppState>,
-    signed: Signed,
-    raw: RawForm,
-) -> Result<Response, UiError> {
+pub async fn create_user(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
     let mut page = signed.page.clone();
     page.nav = "users";
     let form = Fields::read(raw, &page)?;
@@ -100,14 +73,7 @@ pub async fn create_user(
     page.require(|r| r == Role::Admin)?;
     let mut shown = form.redisplay();
     let error = |shown: &mut FormState, field: &'static str, code: &'static str| {
-        shown.push_error(
-            page.lang,
-            &santerurale_shared::FieldError {
-                field,
-                code,
-                message: code.to_owned(),
-            },
-        );
+        shown.push_error(page.lang, &santerurale_shared::FieldError { field, code, message: code.to_owned() });
     };
     let username = crate::validate_username(form.get("username")).ok();
     if username.is_none() {
@@ -122,14 +88,7 @@ pub async fn create_user(
         error(&mut shown, "password", code);
     }
     let (Some(username), Some(role), false) = (username, role, shown.has_errors()) else {
-        return users_page(
-            &state,
-            &page,
-            shown,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            false,
-        )
-        .await;
+        return users_page(&state, &page, shown, StatusCode::UNPROCESSABLE_ENTITY, false).await;
     };
     let hash = hash_blocking(password, &page).await?;
     match state.store.create_user(username, role, hash).await {
@@ -162,14 +121,9 @@ fn when(lang: Lang, at: Option<&str>) -> String {
     at.map(|t| lang.timestamp(t)).unwrap_or_default()
 }
 
-pub async fn sync(
-    State(state): State<AppState>,
-    Signed { mut page, .. }: Signed,
-) -> Result<Response, UiError> {
+pub async fn sync(State(state): State<AppState>, Signed { mut page, .. }: Signed) -> Result<Response, UiError> {
     page.nav = "sync";
-    let s = crate::sync_status(&state)
-        .await
-        .map_err(|e| page.internal(&e))?;
+    let s = crate::sync_status(&state).await.map_err(|e| page.internal(&e))?;
     let last_error = match (&s.last_error, &s.last_error_at) {
         (Some(e), Some(at)) => format!("{} — {e}", page.lang.timestamp(at)),
         (Some(e), None) => e.clone(),

@@ -41,10 +41,7 @@ impl EncounterFormTpl {
             patient_name: format!("{} {}", patient.given_name, patient.family_name),
             kinds: EncounterKind::ALL
                 .into_iter()
-                .map(|k| KindOption {
-                    value: k.as_str(),
-                    label: page.lang.kind(k),
-                })
+                .map(|k| KindOption { value: k.as_str(), label: page.lang.kind(k) })
                 .collect(),
             today: format_date(today()),
         }
@@ -52,12 +49,7 @@ impl EncounterFormTpl {
 }
 
 async fn load(state: &AppState, page: &Page, id: PatientId) -> Result<Patient, UiError> {
-    state
-        .store
-        .get_patient(id)
-        .await
-        .map_err(|e| page.internal(&e))?
-        .ok_or_else(|| page.fail(Fail::NotFound))
+    state.store.get_patient(id).await.map_err(|e| page.internal(&e))?.ok_or_else(|| page.fail(Fail::NotFound))
 }
 
 pub async fn new_form(
@@ -67,15 +59,8 @@ pub async fn new_form(
 ) -> Result<Response, UiError> {
     page.require(Role::is_clinical)?;
     let patient = load(&state, &page, patient_id(&raw, &page)?).await?;
-    let form = FormState::with_values([
-        ("date", format_date(today())),
-        ("kind", "consultation".to_owned()),
-    ]);
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &EncounterFormTpl::new(&page, form, &patient),
-    ))
+    let form = FormState::with_values([("date", format_date(today())), ("kind", "consultation".to_owned())]);
+    Ok(render(StatusCode::OK, &page, &EncounterFormTpl::new(&page, form, &patient)))
 }
 
 /// The draft the form describes, and the numbers that could not be read.
@@ -111,21 +96,13 @@ pub async fn record(
     let invalid = |errors: &ValidationErrors| {
         let mut shown = form.redisplay();
         shown.push_errors(page.lang, errors);
-        render(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            page,
-            &EncounterFormTpl::new(page, shown, &patient),
-        )
+        render(StatusCode::UNPROCESSABLE_ENTITY, page, &EncounterFormTpl::new(page, shown, &patient))
     };
     if !parse_errors.is_empty() {
         let domain = draft.validate(today(), patient.birth_date).map(|_| ());
         return Ok(invalid(&parse_errors.merge(domain, &[])));
     }
-    match state
-        .store
-        .add_encounter(patient.id, draft, signed.user.username.clone())
-        .await
-    {
+    match state.store.add_encounter(patient.id, draft, signed.user.username.clone()).await {
         Ok(encounter) => {
             tracing::info!(patient = %patient.id, encounter = %encounter.id, user = %signed.user.id, "encounter recorded (web)");
             Ok(see_other(&format!("/patients/{}", patient.id), &[]))

@@ -33,10 +33,7 @@ impl Fields {
     /// The first value of `name`, or `""`.
     #[must_use]
     pub fn get(&self, name: &str) -> &str {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
     }
 
     /// A checkbox submitted with `value="true"`.
@@ -61,10 +58,7 @@ impl Fields {
             .filter(|(k, _)| !matches!(k.as_str(), "csrf_token" | "password" | "password_confirm"))
             .cloned()
             .collect();
-        FormState {
-            values,
-            errors: Vec::new(),
-        }
+        FormState { values, errors: Vec::new() }
     }
 }
 
@@ -78,18 +72,12 @@ pub struct FormState {
 impl FormState {
     #[must_use]
     pub fn with_values<'a>(values: impl IntoIterator<Item = (&'a str, String)>) -> Self {
-        Self {
-            values: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            errors: Vec::new(),
-        }
+        Self { values: values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), errors: Vec::new() }
     }
 
     #[must_use]
     pub fn value(&self, name: &str) -> &str {
-        self.values
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
+        self.values.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
     }
 
     /// For checkboxes: was `value="true"` sent.
@@ -106,10 +94,7 @@ impl FormState {
 
     #[must_use]
     pub fn error(&self, name: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.errors.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     #[must_use]
@@ -120,10 +105,7 @@ impl FormState {
     /// Adds the translated message for one error, unless the field has one.
     pub fn push_error(&mut self, lang: Lang, e: &FieldError) {
         if self.error(e.field).is_none() {
-            self.errors.push((
-                e.field.to_owned(),
-                lang.field_error(e.field, e.code, &e.message),
-            ));
+            self.errors.push((e.field.to_owned(), lang.field_error(e.field, e.code, &e.message)));
         }
     }
 
@@ -154,9 +136,7 @@ impl ParseErrors {
             return None;
         }
         let normal = text.replace(',', ".");
-        let plain = normal
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+'));
+        let plain = normal.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+'));
         match normal.parse::<f64>() {
             Ok(v) if plain && v.is_finite() => Some(v),
             _ => {
@@ -173,8 +153,7 @@ impl ParseErrors {
             return None;
         }
         if !text.bytes().all(|b| b.is_ascii_digit()) {
-            self.0
-                .push(field, "not_a_number", "a whole number is expected");
+            self.0.push(field, "not_a_number", "a whole number is expected");
             return None;
         }
         // All digits: only too many of them fails, which is out of range.
@@ -185,17 +164,12 @@ impl ParseErrors {
     /// `hidden` names domain errors made redundant by a parse error
     /// (field, code, and the field whose parse error hides it).
     #[must_use]
-    pub fn merge(
-        mut self,
-        domain: Result<(), ValidationErrors>,
-        hidden: &[(&str, &str, &str)],
-    ) -> ValidationErrors {
+    pub fn merge(mut self, domain: Result<(), ValidationErrors>, hidden: &[(&str, &str, &str)]) -> ValidationErrors {
         if let Err(domain) = domain {
             for e in domain.0 {
                 let has_own = self.0.for_field(e.field).is_some();
-                let is_hidden = hidden.iter().any(|(f, c, by)| {
-                    *f == e.field && *c == e.code && self.0.for_field(by).is_some()
-                });
+                let is_hidden =
+                    hidden.iter().any(|(f, c, by)| *f == e.field && *c == e.code && self.0.for_field(by).is_some());
                 if !has_own && !is_hidden {
                     self.0.0.push(e);
                 }
@@ -243,10 +217,7 @@ mod tests {
         domain.push("village", "required", "required");
         let merged = p.merge(Err(domain), &[("birth_date", "required", "age_years")]);
         let got: Vec<_> = merged.0.iter().map(|e| (e.field, e.code)).collect();
-        assert_eq!(
-            got,
-            [("age_years", "not_a_number"), ("village", "required")]
-        );
+        assert_eq!(got, [("age_years", "not_a_number"), ("village", "required")]);
     }
 
     #[test]

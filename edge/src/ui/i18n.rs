@@ -131,12 +131,7 @@ impl Lang {
         match OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339) {
             Ok(t) => {
                 let t = t.to_offset(time::UtcOffset::UTC);
-                format!(
-                    "{} {:02}:{:02} UTC",
-                    self.date(t.date()),
-                    t.hour(),
-                    t.minute()
-                )
+                format!("{} {:02}:{:02} UTC", self.date(t.date()), t.hour(), t.minute())
             }
             Err(_) => rfc3339.to_owned(),
         }
@@ -149,17 +144,13 @@ impl Lang {
         if years >= 2 {
             return format!("{years} {}", self.pick("ans", "years"));
         }
-        let mut months = (today.year() - birth_date.year()) * 12
-            + i32::from(u8::from(today.month()))
+        let mut months = (today.year() - birth_date.year()) * 12 + i32::from(u8::from(today.month()))
             - i32::from(u8::from(birth_date.month()));
         if today.day() < birth_date.day() {
             months -= 1;
         }
         let months = months.max(0);
-        format!(
-            "{months} {}",
-            self.pick("mois", if months == 1 { "month" } else { "months" })
-        )
+        format!("{months} {}", self.pick("mois", if months == 1 { "month" } else { "months" }))
     }
 
     /// The message shown under a form field for a validation error `code`.
@@ -168,11 +159,7 @@ impl Lang {
     pub fn field_error(self, field: &str, code: &str, fallback: &str) -> String {
         let between = |(lo, hi): (f64, f64), unit: &str| match self {
             Self::Fr => format!("Entre {} et {} {unit}.", self.number(lo), self.number(hi)),
-            Self::En => format!(
-                "Between {} and {} {unit}.",
-                self.number(lo),
-                self.number(hi)
-            ),
+            Self::En => format!("Between {} and {} {unit}.", self.number(lo), self.number(hi)),
         };
         match (field, code) {
             ("birth_date", "required") => return self.t("err_birth_date_required").to_owned(),
@@ -211,9 +198,7 @@ impl Lang {
             }
             (_, "password_too_short") => {
                 return match self {
-                    Self::Fr => format!(
-                        "Le mot de passe doit contenir au moins {MIN_PASSWORD_CHARS} caractères."
-                    ),
+                    Self::Fr => format!("Le mot de passe doit contenir au moins {MIN_PASSWORD_CHARS} caractères."),
                     Self::En => {
                         format!("The password must have at least {MIN_PASSWORD_CHARS} characters.")
                     }
@@ -221,12 +206,8 @@ impl Lang {
             }
             (_, "password_too_long") => {
                 return match self {
-                    Self::Fr => format!(
-                        "Le mot de passe est trop long ({MAX_PASSWORD_CHARS} caractères au plus)."
-                    ),
-                    Self::En => format!(
-                        "The password is too long (at most {MAX_PASSWORD_CHARS} characters)."
-                    ),
+                    Self::Fr => format!("Le mot de passe est trop long ({MAX_PASSWORD_CHARS} caractères au plus)."),
+                    Self::En => format!("The password is too long (at most {MAX_PASSWORD_CHARS} characters)."),
                 };
             }
             _ => {}
@@ -248,21 +229,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir).expect("templates dir") {
-            let text =
-                std::fs::read_to_string(entry.expect("entry").path()).expect("read template");
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read template");
             // Keys appear as t("key"), and as the name and hint of form macros:
             // m::field(page, form, "name", "type", required, "hint", ...).
-            let mut keys: Vec<&str> = text
-                .split("t(\"")
-                .skip(1)
-                .map(|p| p.split('"').next().unwrap_or_default())
-                .collect();
+            let mut keys: Vec<&str> =
+                text.split("t(\"").skip(1).map(|p| p.split('"').next().unwrap_or_default()).collect();
             for call in text.split("m::field(page, form, ").skip(1) {
-                let args: Vec<&str> = call
-                    .split(", ")
-                    .take(4)
-                    .map(|a| a.trim_matches('"'))
-                    .collect();
+                let args: Vec<&str> = call.split(", ").take(4).map(|a| a.trim_matches('"')).collect();
                 keys.push(args[0]);
                 if !args[3].is_empty() {
                     keys.push(args[3]);
@@ -273,35 +246,20 @@ mod tests {
                 checked += 1;
             }
         }
-        assert!(
-            checked > 50,
-            "only {checked} keys found: is the scan broken?"
-        );
+        assert!(checked > 50, "only {checked} keys found: is the scan broken?");
     }
 
     #[test]
     fn validation_codes_are_translated_with_their_bounds() {
         let fr = Lang::Fr;
-        assert_eq!(
-            fr.field_error("weight_kg", "out_of_range", "x"),
-            "Entre 0,3 et 300 kg."
-        );
-        assert_eq!(
-            Lang::En.field_error("weight_kg", "out_of_range", "x"),
-            "Between 0.3 and 300 kg."
-        );
+        assert_eq!(fr.field_error("weight_kg", "out_of_range", "x"), "Entre 0,3 et 300 kg.");
+        assert_eq!(Lang::En.field_error("weight_kg", "out_of_range", "x"), "Between 0.3 and 300 kg.");
         assert_eq!(
             fr.field_error("phone", "required_for_whatsapp", "x"),
             "Le consentement WhatsApp nécessite un numéro de téléphone."
         );
-        assert_eq!(
-            fr.field_error("village", "too_long", "x"),
-            "Texte trop long (100 caractères au plus)."
-        );
-        assert_eq!(
-            fr.field_error("x", "some_new_code", "English text"),
-            "English text"
-        );
+        assert_eq!(fr.field_error("village", "too_long", "x"), "Texte trop long (100 caractères au plus).");
+        assert_eq!(fr.field_error("x", "some_new_code", "English text"), "English text");
         for code in [
             "required",
             "too_long",
@@ -336,22 +294,10 @@ mod tests {
         assert_eq!(Lang::En.number(38.5), "38.5");
         assert_eq!(Lang::Fr.number(300.0), "300");
         assert_eq!(Lang::Fr.date(date!(2026 - 03 - 07)), "07/03/2026");
-        assert_eq!(
-            Lang::Fr.age(date!(1990 - 05 - 17), date!(2026 - 05 - 16)),
-            "35 ans"
-        );
-        assert_eq!(
-            Lang::En.age(date!(2025 - 12 - 20), date!(2026 - 03 - 19)),
-            "2 months"
-        );
-        assert_eq!(
-            Lang::Fr.age(date!(2026 - 03 - 19), date!(2026 - 03 - 19)),
-            "0 mois"
-        );
-        assert_eq!(
-            Lang::Fr.timestamp("2026-03-07T09:05:00Z"),
-            "07/03/2026 09:05 UTC"
-        );
+        assert_eq!(Lang::Fr.age(date!(1990 - 05 - 17), date!(2026 - 05 - 16)), "35 ans");
+        assert_eq!(Lang::En.age(date!(2025 - 12 - 20), date!(2026 - 03 - 19)), "2 months");
+        assert_eq!(Lang::Fr.age(date!(2026 - 03 - 19), date!(2026 - 03 - 19)), "0 mois");
+        assert_eq!(Lang::Fr.timestamp("2026-03-07T09:05:00Z"), "07/03/2026 09:05 UTC");
         assert_eq!(Lang::parse("en"), Some(Lang::En));
         assert_eq!(Lang::parse("de"), None);
     }

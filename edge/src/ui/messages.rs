@@ -29,10 +29,7 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
         // Sign-in and first-run setup.
         "login_title" => ("Connexion", "Sign in"),
         "login_button" => ("Se connecter", "Sign in"),
-        "login_failed" => (
-            "Nom d'utilisateur ou mot de passe incorrect.",
-            "Wrong username or password.",
-        ),
+        "login_failed" => ("Nom d'utilisateur ou mot de passe incorrect.", "Wrong username or password."),
         "username" => ("Nom d'utilisateur", "Username"),
         "password" => ("Mot de passe", "Password"),
         "password_confirm" => ("Confirmer le mot de passe", "Confirm the password"),
@@ -46,25 +43,16 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
             "Aucun compte n'existe encore sur ce poste. Créez le compte administrateur\u{a0}: il servira ensuite à créer les comptes du personnel.",
             "No account exists on this box yet. Create the administrator account; it is then used to create the staff accounts.",
         ),
-        "setup_button" => (
-            "Créer le compte administrateur",
-            "Create the administrator account",
-        ),
+        "setup_button" => ("Créer le compte administrateur", "Create the administrator account"),
 
         // Search.
         "search_title" => ("Rechercher un patient", "Find a patient"),
-        "search_label" => (
-            "Nom, téléphone ou numéro d'identité",
-            "Name, phone or ID number",
-        ),
+        "search_label" => ("Nom, téléphone ou numéro d'identité", "Name, phone or ID number"),
         "search_button" => ("Rechercher", "Search"),
         "recent_patients" => ("Patients récents", "Recent patients"),
         "results" => ("Résultats", "Results"),
         "no_results" => ("Aucun patient trouvé.", "No patient found."),
-        "no_patients_yet" => (
-            "Aucun patient enregistré pour l'instant.",
-            "No patient registered yet.",
-        ),
+        "no_patients_yet" => ("Aucun patient enregistré pour l'instant.", "No patient registered yet."),
         "register_new" => ("Enregistrer un nouveau patient", "Register a new patient"),
 
         // Patient fields.
@@ -77,38 +65,28 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
         "birth_date" => ("Date de naissance", "Date of birth"),
         "birth_date_estimated" => ("Date de naissance estimée", "Estimated date of birth"),
         "age_years" => ("ou âge estimé (années)", "or estimated age (years)"),
-        "age_hint" => (
-            "Si la date de naissance est inconnue.",
-            "If the date of birth is unknown.",
-        ),
+        "age_hint" => ("Si la date de naissance est inconnue.", "If the date of birth is unknown."),
         "age" => ("Âge", "Age"),
         "estimated" => ("estimée", "estimated"),
         "phone" => ("Téléphone", "Phone"),
         "village" => ("Village ou quartier", "Village or neighbourhood"),
         "national_id" => ("Numéro d'identité (NINA)", "National ID number"),
         "whatsapp" => ("WhatsApp", "WhatsApp"),
-        "whatsapp_consent" => (
-            "Accepte de recevoir des messages WhatsApp",
-            "Agrees to receive WhatsApp messages",
-        ),
+        "whatsapp_consent" => ("Accepte de recevoir des messages WhatsApp", "Agrees to receive WhatsApp messages"),
         "whatsapp_consent_date" => ("Date du consentement", "Date of consent"),
         "consent_given" => ("Consentement donné le", "Consent given on"),
         "consent_none" => ("Pas de consentement", "No consent"),
         "new_patient_title" => ("Nouveau patient", "New patient"),
         "edit_patient_title" => ("Modifier le patient", "Edit patient"),
-        "duplicate_title" => (
-            "Ce patient est peut-être déjà enregistré",
-            "This patient may already be registered",
-        ),
+        "duplicate_title" => ("Ce patient est peut-être déjà enregistré", "This patient may already be registered"),
         "duplicate_intro" => (
             "Des patients semblables existent déjà. Ouvrez leur dossier pour vérifier s'il s'agit de la même personne avant d'en créer un nouveau.",
             "Similar patients already exist. Open their charts to check whether this is the same person before creating a new one.",
         ),
         "duplicate_reason_phone" => ("même numéro de téléphone", "same phone number"),
-        "duplicate_reason_name_and_birth_year" => (
-            "même nom et même année de naissance",
-            "same name and year of birth",
-        ),
+        "duplicate_reason_name_and_birth_year" => {
+            ("même nom et même année de naissance", "same name and year of birth")
+        }
         "confirm_duplicate" => (
             "J'ai vérifié\u{a0}: c'est une autre personne, enregistrer quand même",
             "I have checked: this is a different person, register anyway",
@@ -119,10 +97,7 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
         "edit_patient" => ("Modifier", "Edit"),
         "new_encounter" => ("Nouvelle consultation", "New consultation"),
         "encounters" => ("Consultations", "Consultations"),
-        "no_encounters" => (
-            "Aucune consultation enregistrée.",
-            "No consultation recorded.",
-        ),
+        "no_encounters" => ("Aucune consultation enregistrée.", "No consultation recorded."),
         "encounter_date" => ("Date", "Date"),
         "kind" => ("Type de visite", "Type of visit"),
         "complaint" => ("Motif de consultation", "Presenting complaint"),
@@ -144,14 +119,8 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
 
         // Sync.
         "sync_title" => ("Synchronisation", "Sync"),
-        "outbox_depth" => (
-            "Modifications en attente d'envoi",
-            "Changes waiting to be sent",
-        ),
-        "enrolled" => (
-            "Poste inscrit auprès du serveur central",
-            "Box enrolled with the hub",
-        ),
+        "outbox_depth" => ("Modifications en attente d'envoi", "Changes waiting to be sent"),
+        "enrolled" => ("Poste inscrit auprès du serveur central", "Box enrolled with the hub"),
         "device_id" => ("Identifiant du poste", "Box id"),
         "site_id" => ("Identifiant du site", "Site id"),
         "hub_url" => ("Adresse du serveur central", "Hub address"),
@@ -199,10 +168,7 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
             "The form has expired or did not come from this application. Nothing was saved. Go back, reload the page and try again (cookies must be allowed).",
         ),
         "not_found_title" => ("Page introuvable", "Page not found"),
-        "not_found_text" => (
-            "Ce patient ou cette page n'existe pas.",
-            "This patient or page does not exist.",
-        ),
+        "not_found_text" => ("Ce patient ou cette page n'existe pas.", "This patient or page does not exist."),
         "bad_request_title" => ("Requête invalide", "Invalid request"),
         "bad_request_text" => (
             "Le formulaire envoyé n'a pas pu être lu. Rien n'a été enregistré. Rechargez la page et réessayez.",
@@ -218,30 +184,19 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
         // Validation codes (`err_` + code).
         "err_required" => ("Ce champ est obligatoire.", "This field is required."),
         "err_too_long" => ("Texte trop long.", "Too long."),
-        "err_invalid_date" => (
-            "Date invalide (format AAAA-MM-JJ).",
-            "Invalid date (YYYY-MM-DD).",
-        ),
-        "err_in_future" => (
-            "Cette date est dans le futur.",
-            "This date is in the future.",
-        ),
-        "err_out_of_range" => (
-            "Valeur hors des limites acceptées.",
-            "Value out of the accepted range.",
-        ),
+        "err_invalid_date" => ("Date invalide (format AAAA-MM-JJ).", "Invalid date (YYYY-MM-DD)."),
+        "err_in_future" => ("Cette date est dans le futur.", "This date is in the future."),
+        "err_out_of_range" => ("Valeur hors des limites acceptées.", "Value out of the accepted range."),
         "err_invalid_phone" => (
             "Numéro invalide\u{a0}: numéro local (76 12 34 56) ou international (+223 76 12 34 56).",
             "Invalid number: local (76 12 34 56) or international (+223 76 12 34 56).",
         ),
-        "err_required_for_whatsapp" => (
-            "Le consentement WhatsApp nécessite un numéro de téléphone.",
-            "WhatsApp consent needs a phone number.",
-        ),
-        "err_before_birth" => (
-            "Cette date est antérieure à la naissance du patient.",
-            "This date is before the patient's birth.",
-        ),
+        "err_required_for_whatsapp" => {
+            ("Le consentement WhatsApp nécessite un numéro de téléphone.", "WhatsApp consent needs a phone number.")
+        }
+        "err_before_birth" => {
+            ("Cette date est antérieure à la naissance du patient.", "This date is before the patient's birth.")
+        }
         "err_invalid_icd10" => (
             "Code CIM-10 invalide (exemples\u{a0}: A09, B54, O80.0).",
             "Invalid ICD-10 code (examples: A09, B54, O80.0).",
@@ -251,47 +206,30 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
             "Diastolic pressure must be below systolic.",
         ),
         "err_not_whole" => ("Nombre entier attendu.", "A whole number is expected."),
-        "err_required_with_systolic" => (
-            "Indiquez aussi la tension diastolique.",
-            "Give the diastolic pressure too.",
-        ),
-        "err_required_with_diastolic" => (
-            "Indiquez aussi la tension systolique.",
-            "Give the systolic pressure too.",
-        ),
+        "err_required_with_systolic" => ("Indiquez aussi la tension diastolique.", "Give the diastolic pressure too."),
+        "err_required_with_diastolic" => ("Indiquez aussi la tension systolique.", "Give the systolic pressure too."),
         "err_ambiguous" => (
             "Indiquez soit la date de naissance, soit l'âge estimé, pas les deux.",
             "Give either the date of birth or the estimated age, not both.",
         ),
-        "err_birth_date_required" => (
-            "Indiquez la date de naissance ou l'âge estimé.",
-            "Give the date of birth or the estimated age.",
-        ),
+        "err_birth_date_required" => {
+            ("Indiquez la date de naissance ou l'âge estimé.", "Give the date of birth or the estimated age.")
+        }
         "err_invalid_choice" => ("Choix invalide.", "Invalid choice."),
-        "err_invalid_characters" => (
-            "Ce champ contient des caractères non autorisés.",
-            "This field contains characters that are not allowed.",
-        ),
+        "err_invalid_characters" => {
+            ("Ce champ contient des caractères non autorisés.", "This field contains characters that are not allowed.")
+        }
         "err_national_id_characters" => (
             "Lettres, chiffres, espaces, «\u{a0}-\u{a0}» et «\u{a0}/\u{a0}» uniquement.",
             "Letters, digits, spaces, '-' and '/' only.",
         ),
-        "err_not_a_number" => (
-            "Nombre attendu (par exemple 38,5).",
-            "A number is expected (for example 38.5).",
-        ),
+        "err_not_a_number" => ("Nombre attendu (par exemple 38,5).", "A number is expected (for example 38.5)."),
         "err_age_not_a_number" => (
             "Nombre entier d'années attendu (par exemple 30).",
             "A whole number of years is expected (for example 30).",
         ),
-        "err_password_mismatch" => (
-            "Les deux mots de passe ne correspondent pas.",
-            "The two passwords differ.",
-        ),
-        "err_username_taken" => (
-            "Ce nom d'utilisateur est déjà pris.",
-            "This username is already taken.",
-        ),
+        "err_password_mismatch" => ("Les deux mots de passe ne correspondent pas.", "The two passwords differ."),
+        "err_username_taken" => ("Ce nom d'utilisateur est déjà pris.", "This username is already taken."),
         "err_invalid_username" => (
             "De 2 à 40 lettres, chiffres, «\u{a0}.\u{a0}», «\u{a0}_\u{a0}» ou «\u{a0}-\u{a0}».",
             "2 to 40 letters, digits, '.', '_' or '-'.",

@@ -54,16 +54,10 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/lang/{lang}", get(session::switch_lang))
-        .route(
-            "/patients",
-            get(|| async { Redirect::to("/") }).post(patients::register),
-        )
+        .route("/patients", get(|| async { Redirect::to("/") }).post(patients::register))
         .route("/patients/new", get(patients::new_form))
         .route("/patients/{id}", get(patients::chart))
-        .route(
-            "/patients/{id}/edit",
-            get(patients::edit_form).post(patients::edit),
-        )
+        .route("/patients/{id}/edit", get(patients::edit_form).post(patients::edit))
         .route("/patients/{id}/encounters/new", get(encounters::new_form))
         .route("/patients/{id}/encounters", post(encounters::record))
         .route("/sync", get(admin::sync))
@@ -133,19 +127,11 @@ impl Page {
     #[must_use]
     pub fn css_url(&self) -> &'static str {
         static URL: OnceLock<String> = OnceLock::new();
-        URL.get_or_init(|| {
-            format!(
-                "/assets/app.css?v={}",
-                &crate::auth::hash_token(APP_CSS)[..12]
-            )
-        })
+        URL.get_or_init(|| format!("/assets/app.css?v={}", &crate::auth::hash_token(APP_CSS)[..12]))
     }
 
     pub(crate) fn fail(&self, fail: Fail) -> UiError {
-        UiError {
-            page: Box::new(self.clone()),
-            fail,
-        }
+        UiError { page: Box::new(self.clone()), fail }
     }
 
     /// A failure that is not the user's: logged with its causes, shown without them.
@@ -155,11 +141,7 @@ impl Page {
     }
 
     pub(crate) fn require(&self, allowed: impl Fn(Role) -> bool) -> Result<(), UiError> {
-        if self.user.as_ref().is_some_and(|u| allowed(u.role)) {
-            Ok(())
-        } else {
-            Err(self.fail(Fail::Forbidden))
-        }
+        if self.user.as_ref().is_some_and(|u| allowed(u.role)) { Ok(()) } else { Err(self.fail(Fail::Forbidden)) }
     }
 }
 
@@ -212,11 +194,7 @@ struct ErrorTpl<'a> {
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let (title, text) = self.fail.keys();
-        let tpl = ErrorTpl {
-            page: &self.page,
-            title: self.page.t(title),
-            text: self.page.t(text),
-        };
+        let tpl = ErrorTpl { page: &self.page, title: self.page.t(title), text: self.page.t(text) };
         render(self.fail.status(), &self.page, &tpl)
     }
 }
@@ -227,11 +205,7 @@ pub(crate) fn render(status: StatusCode, page: &Page, tpl: &impl Template) -> Re
         Ok(html) => html,
         Err(e) => {
             tracing::error!(error = %e, "web UI: template rendering failed");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Erreur interne / Internal error",
-            )
-                .into_response();
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Erreur interne / Internal error").into_response();
         }
     };
     let mut response = (status, Html(html)).into_response();
@@ -244,19 +218,9 @@ pub(crate) fn render(status: StatusCode, page: &Page, tpl: &impl Template) -> Re
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    if let Some(cookie) = page
-        .set_cookie
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if let Some(cookie) = page.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
         headers.append(header::SET_COOKIE, cookie);
     }
     response

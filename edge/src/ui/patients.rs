@@ -6,9 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use santerurale_shared::patient::format_date;
-use santerurale_shared::{
-    Encounter, Patient, PatientDraft, PatientId, PatientPatch, Phone, ValidationErrors,
-};
+use santerurale_shared::{Encounter, Patient, PatientDraft, PatientId, PatientPatch, Phone, ValidationErrors};
 use time::{Date, OffsetDateTime};
 
 use super::forms::{Fields, FormState, ParseErrors, RawForm};
@@ -58,22 +56,11 @@ impl PatientView {
             birth_date: lang.date(p.birth_date),
             estimated: p.birth_date_estimated,
             village: p.village.clone(),
-            phone: p
-                .phone
-                .as_ref()
-                .map(|ph| display_phone(ph, country))
-                .unwrap_or_default(),
-            phone_e164: p
-                .phone
-                .as_ref()
-                .map(|ph| ph.as_str().to_owned())
-                .unwrap_or_default(),
+            phone: p.phone.as_ref().map(|ph| display_phone(ph, country)).unwrap_or_default(),
+            phone_e164: p.phone.as_ref().map(|ph| ph.as_str().to_owned()).unwrap_or_default(),
             national_id: p.national_id.clone().unwrap_or_default(),
             whatsapp_consent: p.whatsapp_consent,
-            whatsapp_consent_date: p
-                .whatsapp_consent_date
-                .map(|d| lang.date(d))
-                .unwrap_or_default(),
+            whatsapp_consent_date: p.whatsapp_consent_date.map(|d| lang.date(d)).unwrap_or_default(),
         }
     }
 }
@@ -83,11 +70,7 @@ impl PatientView {
 fn display_phone(phone: &Phone, country: &str) -> String {
     match phone.national_digits(country) {
         Some(national) if national.len() % 2 == 0 => {
-            let pairs: Vec<&str> = national
-                .as_bytes()
-                .chunks(2)
-                .filter_map(|c| std::str::from_utf8(c).ok())
-                .collect();
+            let pairs: Vec<&str> = national.as_bytes().chunks(2).filter_map(|c| std::str::from_utf8(c).ok()).collect();
             format!("+{country} {}", pairs.join(" "))
         }
         _ => phone.as_str().to_owned(),
@@ -113,25 +96,10 @@ pub async fn search(
         .and_then(|Query(pairs)| pairs.into_iter().find(|(k, _)| k == "q").map(|(_, v)| v))
         .unwrap_or_default();
     let q: String = q.trim().chars().take(MAX_QUERY_CHARS).collect();
-    let found = state
-        .store
-        .search(q.clone(), SEARCH_LIMIT)
-        .await
-        .map_err(|e| page.internal(&e))?;
+    let found = state.store.search(q.clone(), SEARCH_LIMIT).await.map_err(|e| page.internal(&e))?;
     let (country, today) = (&state.config.default_country, today());
-    let patients = found
-        .iter()
-        .map(|p| PatientView::new(p, page.lang, country, today))
-        .collect();
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &SearchTpl {
-            page: page.clone(),
-            q,
-            patients,
-        },
-    ))
+    let patients = found.iter().map(|p| PatientView::new(p, page.lang, country, today)).collect();
+    Ok(render(StatusCode::OK, &page, &SearchTpl { page: page.clone(), q, patients }))
 }
 
 /// A possible duplicate, as the warning lists it.
@@ -179,11 +147,7 @@ impl PatientFormTpl {
 
 pub async fn new_form(Signed { mut page, .. }: Signed) -> Response {
     page.nav = "new";
-    render(
-        StatusCode::OK,
-        &page,
-        &PatientFormTpl::new(&page, FormState::default()),
-    )
+    render(StatusCode::OK, &page, &PatientFormTpl::new(&page, FormState::default()))
 }
 
 /// The draft a registration or edit form describes, and what could not be
@@ -218,29 +182,19 @@ fn with_errors(page: &Page, form: &Fields, errors: &ValidationErrors) -> FormSta
     shown
 }
 
-pub async fn register(
-    State(state): State<AppState>,
-    signed: Signed,
-    raw: RawForm,
-) -> Result<Response, UiError> {
+pub async fn register(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
     let mut page = signed.page.clone();
     page.nav = "new";
     let form = Fields::read(raw, &page)?;
     signed.check_csrf(&form)?;
     let (draft, parse_errors) = draft_from(&form);
     if !parse_errors.is_empty() {
-        let domain = draft
-            .validate(today(), &state.config.default_country)
-            .map(|_| ());
+        let domain = draft.validate(today(), &state.config.default_country).map(|_| ());
         let errors = parse_errors.merge(domain, HIDDEN_BY_PARSE);
         let tpl = PatientFormTpl::new(&page, with_errors(&page, &form, &errors));
         return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page, &tpl));
     }
-    match state
-        .store
-        .register_patient(draft, form.checked("confirm_duplicate"))
-        .await
-    {
+    match state.store.register_patient(draft, form.checked("confirm_duplicate")).await {
         Ok(patient) => {
             tracing::info!(patient = %patient.id, user = %signed.user.id, "patient registered (web)");
             Ok(see_other(&format!("/patients/{}", patient.id), &[]))
@@ -264,11 +218,8 @@ pub async fn register(
 }
 
 fn duplicate_view(d: &Duplicate, lang: Lang) -> DuplicateView {
-    let birth_date = time::Date::parse(
-        &d.birth_date,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .map_or_else(|_| d.birth_date.clone(), |b| lang.date(b));
+    let birth_date = time::Date::parse(&d.birth_date, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_or_else(|_| d.birth_date.clone(), |b| lang.date(b));
     DuplicateView {
         id: d.id.to_string(),
         name: format!("{} {}", d.given_name, d.family_name),
@@ -334,28 +285,11 @@ pub async fn chart(
     Path(raw): Path<String>,
 ) -> Result<Response, UiError> {
     let id = patient_id(&raw, &page)?;
-    let patient = state
-        .store
-        .get_patient(id)
-        .await
-        .map_err(|e| page.internal(&e))?
-        .ok_or_else(|| page.fail(Fail::NotFound))?;
-    let encounters = patient
-        .encounters
-        .iter()
-        .flatten()
-        .map(|e| EncounterView::new(e, page.lang))
-        .collect();
+    let patient =
+        state.store.get_patient(id).await.map_err(|e| page.internal(&e))?.ok_or_else(|| page.fail(Fail::NotFound))?;
+    let encounters = patient.encounters.iter().flatten().map(|e| EncounterView::new(e, page.lang)).collect();
     let patient = PatientView::new(&patient, page.lang, &state.config.default_country, today());
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &ChartTpl {
-            page: page.clone(),
-            patient,
-            encounters,
-        },
-    ))
+    Ok(render(StatusCode::OK, &page, &ChartTpl { page: page.clone(), patient, encounters }))
 }
 
 /// The edit form as first shown: the birth date, never an age.
@@ -367,20 +301,11 @@ fn edit_values(p: &Patient) -> FormState {
         ("sex", p.sex.as_str().to_owned()),
         ("birth_date", format_date(p.birth_date)),
         ("birth_date_estimated", flag(p.birth_date_estimated)),
-        (
-            "phone",
-            p.phone
-                .as_ref()
-                .map(|ph| ph.as_str().to_owned())
-                .unwrap_or_default(),
-        ),
+        ("phone", p.phone.as_ref().map(|ph| ph.as_str().to_owned()).unwrap_or_default()),
         ("village", p.village.clone()),
         ("national_id", p.national_id.clone().unwrap_or_default()),
         ("whatsapp_consent", flag(p.whatsapp_consent)),
-        (
-            "whatsapp_consent_date",
-            p.whatsapp_consent_date.map(format_date).unwrap_or_default(),
-        ),
+        ("whatsapp_consent_date", p.whatsapp_consent_date.map(format_date).unwrap_or_default()),
     ])
 }
 
@@ -390,17 +315,9 @@ pub async fn edit_form(
     Path(raw): Path<String>,
 ) -> Result<Response, UiError> {
     let id = patient_id(&raw, &page)?;
-    let patient = state
-        .store
-        .get_patient(id)
-        .await
-        .map_err(|e| page.internal(&e))?
-        .ok_or_else(|| page.fail(Fail::NotFound))?;
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &PatientFormTpl::edit(&page, edit_values(&patient), id),
-    ))
+    let patient =
+        state.store.get_patient(id).await.map_err(|e| page.internal(&e))?.ok_or_else(|| page.fail(Fail::NotFound))?;
+    Ok(render(StatusCode::OK, &page, &PatientFormTpl::edit(&page, edit_values(&patient), id)))
 }
 
 pub async fn edit(
@@ -416,9 +333,7 @@ pub async fn edit(
     let (draft, parse_errors) = draft_from(&form);
     if !parse_errors.is_empty() {
         // The edit form holds every field, so the draft is the whole patient.
-        let domain = draft
-            .validate(today(), &state.config.default_country)
-            .map(|_| ());
+        let domain = draft.validate(today(), &state.config.default_country).map(|_| ());
         let errors = parse_errors.merge(domain, HIDDEN_BY_PARSE);
         let tpl = PatientFormTpl::edit(page, with_errors(page, &form, &errors), id);
         return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, page, &tpl));
@@ -428,11 +343,7 @@ pub async fn edit(
         given_name: draft.given_name,
         family_name: draft.family_name,
         sex: draft.sex,
-        birth_date: if draft.age_years.is_some() {
-            None
-        } else {
-            Some(draft.birth_date.unwrap_or_default())
-        },
+        birth_date: if draft.age_years.is_some() { None } else { Some(draft.birth_date.unwrap_or_default()) },
         birth_date_estimated: draft.birth_date_estimated,
         age_years: draft.age_years,
         phone: Some(draft.phone.unwrap_or_default()),
@@ -443,11 +354,7 @@ pub async fn edit(
     };
     if patch.age_years.is_some() && form.non_blank("birth_date").is_some() {
         let mut errors = ValidationErrors::default();
-        errors.push(
-            "birth_date",
-            "ambiguous",
-            "give either a birth date or an estimated age, not both",
-        );
+        errors.push("birth_date", "ambiguous", "give either a birth date or an estimated age, not both");
         let tpl = PatientFormTpl::edit(page, with_errors(page, &form, &errors), id);
         return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, page, &tpl));
     }

@@ -12,9 +12,7 @@ use super::forms::{Fields, FormState, RawForm};
 use super::i18n::Lang;
 use super::{Fail, Page, UiError, render, see_other};
 use crate::AppState;
-use crate::auth::{
-    CurrentUser, check_password_policy, hash_password, hash_token, random_token, verify_password,
-};
+use crate::auth::{CurrentUser, check_password_policy, hash_password, hash_token, random_token, verify_password};
 
 pub const SESSION_COOKIE: &str = "sr_session";
 pub const CSRF_COOKIE: &str = "sr_csrf";
@@ -34,9 +32,7 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 fn lang_of(headers: &HeaderMap) -> Lang {
-    cookie(headers, LANG_COOKIE)
-        .and_then(Lang::parse)
-        .unwrap_or_default()
+    cookie(headers, LANG_COOKIE).and_then(Lang::parse).unwrap_or_default()
 }
 
 /// A `Set-Cookie` value. `max_age` 0 deletes the cookie.
@@ -47,9 +43,7 @@ fn set_cookie(name: &str, value: &str, max_age: i64, same_site: &str, secure: bo
 
 /// Random tokens are 43 URL-safe base64 characters; anything else is not ours.
 fn looks_like_token(s: &str) -> bool {
-    s.len() == 43
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Equality whose time does not depend on where the inputs differ.
@@ -58,10 +52,7 @@ fn ct_eq(a: &str, b: &str) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
     diff == 0
 }
 
@@ -77,24 +68,16 @@ pub struct Signed {
 impl FromRequestParts<AppState> for Signed {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut page = Page::new(state, lang_of(&parts.headers));
-        if let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t))
-        {
+        if let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)) {
             let session_hash = hash_token(token);
             match state.store.get_session(session_hash.clone()).await {
                 Ok(Some(session)) => {
                     let user = CurrentUser::from(session.user);
                     page.user = Some(user.clone());
                     page.csrf = session.csrf_token;
-                    return Ok(Self {
-                        page,
-                        user,
-                        session_hash,
-                    });
+                    return Ok(Self { page, user, session_hash });
                 }
                 Ok(None) => {}
                 Err(e) => return Err(page.internal(&e).into_response()),
@@ -134,36 +117,21 @@ pub struct Anon {
 impl FromRequestParts<AppState> for Anon {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut page = Page::new(state, lang_of(&parts.headers));
         let existing = cookie(&parts.headers, CSRF_COOKIE).filter(|t| looks_like_token(t));
         let had_cookie = existing.is_some();
-        let old_session = cookie(&parts.headers, SESSION_COOKIE)
-            .filter(|t| looks_like_token(t))
-            .map(hash_token);
+        let old_session = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)).map(hash_token);
         page.csrf = match existing {
             Some(t) => t.to_owned(),
             None => {
                 let token = random_token();
                 let max_age = i64::from(state.config.session_ttl_minutes) * 60;
-                page.set_cookie = Some(set_cookie(
-                    CSRF_COOKIE,
-                    &token,
-                    max_age,
-                    "Strict",
-                    state.config.secure_cookies,
-                ));
+                page.set_cookie = Some(set_cookie(CSRF_COOKIE, &token, max_age, "Strict", state.config.secure_cookies));
                 token
             }
         };
-        Ok(Self {
-            page,
-            had_cookie,
-            old_session,
-        })
+        Ok(Self { page, had_cookie, old_session })
     }
 }
 
@@ -194,36 +162,17 @@ struct LoginTpl {
 }
 
 async fn has_accounts(state: &AppState, page: &Page) -> Result<bool, UiError> {
-    state
-        .store
-        .user_count()
-        .await
-        .map(|n| n > 0)
-        .map_err(|e| page.internal(&e))
+    state.store.user_count().await.map(|n| n > 0).map_err(|e| page.internal(&e))
 }
 
-pub async fn setup_form(
-    State(state): State<AppState>,
-    Anon { page, .. }: Anon,
-) -> Result<Response, UiError> {
+pub async fn setup_form(State(state): State<AppState>, Anon { page, .. }: Anon) -> Result<Response, UiError> {
     if has_accounts(&state, &page).await? {
         return Ok(see_other("/login", &[]));
     }
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &SetupTpl {
-            page: page.clone(),
-            form: FormState::default(),
-        },
-    ))
+    Ok(render(StatusCode::OK, &page, &SetupTpl { page: page.clone(), form: FormState::default() }))
 }
 
-pub async fn setup(
-    State(state): State<AppState>,
-    anon: Anon,
-    raw: RawForm,
-) -> Result<Response, UiError> {
+pub async fn setup(State(state): State<AppState>, anon: Anon, raw: RawForm) -> Result<Response, UiError> {
     let form = Fields::read(raw, &anon.page)?;
     anon.check_csrf(&form)?;
     let page = anon.page;
@@ -239,22 +188,10 @@ pub async fn setup(
     if let Err(code) = check_password_policy(&password) {
         push(&mut shown, page.lang, "password", code);
     } else if password != form.get("password_confirm") {
-        push(
-            &mut shown,
-            page.lang,
-            "password_confirm",
-            "password_mismatch",
-        );
+        push(&mut shown, page.lang, "password_confirm", "password_mismatch");
     }
     let (Some(username), false) = (username, shown.has_errors()) else {
-        return Ok(render(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &page,
-            &SetupTpl {
-                page: page.clone(),
-                form: shown,
-            },
-        ));
+        return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page, &SetupTpl { page: page.clone(), form: shown }));
     };
     let hash = hash_blocking(password, &page).await?;
     match state.store.create_first_admin(username, hash).await {
@@ -267,14 +204,7 @@ pub async fn setup(
 }
 
 fn push(form: &mut FormState, lang: Lang, field: &'static str, code: &'static str) {
-    form.push_error(
-        lang,
-        &santerurale_shared::FieldError {
-            field,
-            code,
-            message: code.to_owned(),
-        },
-    );
+    form.push_error(lang, &santerurale_shared::FieldError { field, code, message: code.to_owned() });
 }
 
 pub(super) async fn hash_blocking(password: String, page: &Page) -> Result<String, UiError> {
@@ -284,65 +214,33 @@ pub(super) async fn hash_blocking(password: String, page: &Page) -> Result<Strin
         .map_err(|e| page.internal(&e))
 }
 
-pub async fn login_form(
-    State(state): State<AppState>,
-    Anon { page, .. }: Anon,
-) -> Result<Response, UiError> {
+pub async fn login_form(State(state): State<AppState>, Anon { page, .. }: Anon) -> Result<Response, UiError> {
     if !has_accounts(&state, &page).await? {
         return Ok(see_other("/setup", &[]));
     }
-    Ok(render(
-        StatusCode::OK,
-        &page,
-        &LoginTpl {
-            page: page.clone(),
-            form: FormState::default(),
-            failed: false,
-        },
-    ))
+    Ok(render(StatusCode::OK, &page, &LoginTpl { page: page.clone(), form: FormState::default(), failed: false }))
 }
 
-pub async fn login(
-    State(state): State<AppState>,
-    anon: Anon,
-    raw: RawForm,
-) -> Result<Response, UiError> {
+pub async fn login(State(state): State<AppState>, anon: Anon, raw: RawForm) -> Result<Response, UiError> {
     let form = Fields::read(raw, &anon.page)?;
     anon.check_csrf(&form)?;
     let page = &anon.page;
     if !has_accounts(&state, page).await? {
         return Ok(see_other("/setup", &[]));
     }
-    let user = state
-        .store
-        .find_user(form.get("username").trim().to_owned())
-        .await
-        .map_err(|e| page.internal(&e))?;
+    let user = state.store.find_user(form.get("username").trim().to_owned()).await.map_err(|e| page.internal(&e))?;
     let password = form.get("password").to_owned();
     // Unknown usernames cost a hash check too, so they cannot be told apart by timing.
-    let hash = user.as_ref().map_or_else(
-        || crate::auth::dummy_hash().to_owned(),
-        |u| u.password_hash.clone(),
-    );
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    let hash = user.as_ref().map_or_else(|| crate::auth::dummy_hash().to_owned(), |u| u.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password)).await.unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!("web sign-in refused");
-        let tpl = LoginTpl {
-            page: page.clone(),
-            form: form.redisplay(),
-            failed: true,
-        };
+        let tpl = LoginTpl { page: page.clone(), form: form.redisplay(), failed: true };
         return Ok(render(StatusCode::UNAUTHORIZED, page, &tpl));
     };
     if let Some(old) = anon.old_session {
         // Signing in again replaces the browser's previous session.
-        state
-            .store
-            .delete_session(old)
-            .await
-            .map_err(|e| page.internal(&e))?;
+        state.store.delete_session(old).await.map_err(|e| page.internal(&e))?;
     }
     let token = random_token();
     let ttl = i64::from(state.config.session_ttl_minutes) * 60;
@@ -353,59 +251,24 @@ pub async fn login(
         .await
         .map_err(|e| page.internal(&e))?;
     tracing::info!(user = %user.id, "web sign-in");
-    Ok(see_other(
-        "/",
-        &[set_cookie(
-            SESSION_COOKIE,
-            &token,
-            ttl,
-            "Strict",
-            state.config.secure_cookies,
-        )],
-    ))
+    Ok(see_other("/", &[set_cookie(SESSION_COOKIE, &token, ttl, "Strict", state.config.secure_cookies)]))
 }
 
-pub async fn logout(
-    State(state): State<AppState>,
-    signed: Signed,
-    raw: RawForm,
-) -> Result<Response, UiError> {
+pub async fn logout(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
     let form = Fields::read(raw, &signed.page)?;
     signed.check_csrf(&form)?;
-    state
-        .store
-        .delete_session(signed.session_hash.clone())
-        .await
-        .map_err(|e| signed.page.internal(&e))?;
+    state.store.delete_session(signed.session_hash.clone()).await.map_err(|e| signed.page.internal(&e))?;
     tracing::info!(user = %signed.user.id, "web sign-out");
-    Ok(see_other(
-        "/login",
-        &[set_cookie(
-            SESSION_COOKIE,
-            "",
-            0,
-            "Strict",
-            state.config.secure_cookies,
-        )],
-    ))
+    Ok(see_other("/login", &[set_cookie(SESSION_COOKIE, "", 0, "Strict", state.config.secure_cookies)]))
 }
 
 /// `GET /lang/{fr|en}`: remembers the choice for a year and goes back to the
 /// page it was made on (when the `Referer` is a page of this site).
-pub async fn switch_lang(
-    State(state): State<AppState>,
-    Path(code): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn switch_lang(State(state): State<AppState>, Path(code): Path<String>, headers: HeaderMap) -> Response {
     let Some(lang) = Lang::parse(&code) else {
-        return Page::new(&state, lang_of(&headers))
-            .fail(Fail::NotFound)
-            .into_response();
+        return Page::new(&state, lang_of(&headers)).fail(Fail::NotFound).into_response();
     };
-    let mut cookie = format!(
-        "{LANG_COOKIE}={}; Path=/; Max-Age={YEAR_SECONDS}; SameSite=Lax",
-        lang.code()
-    );
+    let mut cookie = format!("{LANG_COOKIE}={}; Path=/; Max-Age={YEAR_SECONDS}; SameSite=Lax", lang.code());
     if state.config.secure_cookies {
         cookie.push_str("; Secure");
     }
@@ -414,15 +277,9 @@ pub async fn switch_lang(
 
 /// The path and query of the `Referer` when it points at this host, else `/`.
 fn return_path(headers: &HeaderMap) -> String {
-    let referer = headers
-        .get(header::REFERER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let path = match referer
-        .strip_prefix("http://")
-        .or_else(|| referer.strip_prefix("https://"))
-    {
+    let path = match referer.strip_prefix("http://").or_else(|| referer.strip_prefix("https://")) {
         Some(rest) => {
             let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
             if Some(authority) == host { path } else { "/" }
@@ -435,11 +292,7 @@ fn return_path(headers: &HeaderMap) -> String {
         && !path.starts_with("/\\")
         && !path.starts_with("/lang/")
         && path.bytes().all(|b| b.is_ascii_graphic());
-    if safe {
-        path.to_owned()
-    } else {
-        "/".to_owned()
-    }
+    if safe { path.to_owned() } else { "/".to_owned() }
 }
 
 #[cfg(test)]
@@ -457,10 +310,7 @@ mod tests {
 
     #[test]
     fn cookies_are_found_among_others() {
-        let h = headers(&[
-            (header::COOKIE, "a=1; sr_lang=en"),
-            (header::COOKIE, "sr_session=xyz"),
-        ]);
+        let h = headers(&[(header::COOKIE, "a=1; sr_lang=en"), (header::COOKIE, "sr_session=xyz")]);
         assert_eq!(cookie(&h, "sr_lang"), Some("en"));
         assert_eq!(cookie(&h, "sr_session"), Some("xyz"));
         assert_eq!(cookie(&h, "sr_csrf"), None);
@@ -470,16 +320,9 @@ mod tests {
 
     #[test]
     fn only_local_referers_are_returned_to() {
-        let back = |referer: &str| {
-            return_path(&headers(&[
-                (header::HOST, "10.0.0.2:8080"),
-                (header::REFERER, referer),
-            ]))
-        };
-        assert_eq!(
-            back("http://10.0.0.2:8080/patients/x?q=1#top"),
-            "/patients/x?q=1"
-        );
+        let back =
+            |referer: &str| return_path(&headers(&[(header::HOST, "10.0.0.2:8080"), (header::REFERER, referer)]));
+        assert_eq!(back("http://10.0.0.2:8080/patients/x?q=1#top"), "/patients/x?q=1");
         assert_eq!(back("http://10.0.0.2:8080"), "/");
         assert_eq!(back("http://evil.example/patients"), "/");
         assert_eq!(back("http://10.0.0.2:8080//evil.example/"), "/");
@@ -501,9 +344,6 @@ mod tests {
     #[test]
     fn cookies_are_strict_and_http_only() {
         let c = set_cookie(SESSION_COOKIE, "v", 60, "Strict", true);
-        assert_eq!(
-            c,
-            "sr_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
-        );
+        assert_eq!(c, "sr_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure");
     }
 }

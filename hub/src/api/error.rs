@@ -28,12 +28,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            extra: None,
-        }
+        Self { status, code, message: message.into(), extra: None }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -70,11 +65,7 @@ impl ApiError {
     pub fn internal(e: &dyn std::error::Error) -> Self {
         // The full chain goes to the log, never to the caller.
         tracing::error!(error = %crate::error_chain(e), "API: internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the hub's log",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
     }
 }
 
@@ -92,11 +83,7 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         if e.is_retryable() {
             tracing::error!(error = %crate::error_chain(&e), "API: database unavailable");
-            Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is unavailable; try again",
-            )
+            Self::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", "the database is unavailable; try again")
         } else {
             Self::internal(&e)
         }
@@ -131,21 +118,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     "unsupported_media_type",
                     "send the body as JSON with Content-Type: application/json",
                 ),
-                JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
-                    "invalid_json",
-                    format!("the body is not valid JSON: {}", e.body_text()),
-                ),
+                JsonRejection::JsonSyntaxError(e) => {
+                    ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", e.body_text()))
+                }
                 JsonRejection::JsonDataError(e) => ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_body",
-                    format!(
-                        "the body does not have the expected shape: {}",
-                        e.body_text()
-                    ),
+                    format!("the body does not have the expected shape: {}", e.body_text()),
                 ),
-                JsonRejection::BytesRejection(e) => {
-                    ApiError::new(e.status(), "unreadable_body", e.body_text())
-                }
+                JsonRejection::BytesRejection(e) => ApiError::new(e.status(), "unreadable_body", e.body_text()),
                 other => ApiError::bad_request("invalid_body", other.body_text()),
             }),
         }

@@ -11,16 +11,8 @@ use sha2::{Digest, Sha256};
 
 /// The embedded migrations, in order. Append only.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../../../migrations/hub/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "sync_push",
-        sql: include_str!("../../../migrations/hub/0002_sync_push.sql"),
-    },
+    Migration { version: 1, name: "init", sql: include_str!("../../../migrations/hub/0001_init.sql") },
+    Migration { version: 2, name: "sync_push", sql: include_str!("../../../migrations/hub/0002_sync_push.sql") },
 ];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).
@@ -36,14 +28,8 @@ pub struct Migration {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("migration {version} ({name}) failed")]
-    Failed {
-        version: i64,
-        name: &'static str,
-        source: tokio_postgres::Error,
-    },
-    #[error(
-        "migration {version} was changed after it was applied: restore the released file and add a new migration"
-    )]
+    Failed { version: i64, name: &'static str, source: tokio_postgres::Error },
+    #[error("migration {version} was changed after it was applied: restore the released file and add a new migration")]
     ChecksumMismatch { version: i64 },
     #[error("the database has migration {version}, unknown to this hub: a newer hub has run on it")]
     UnknownVersion { version: i64 },
@@ -58,8 +44,7 @@ pub async fn run(pool: &Pool) -> Result<usize, MigrateError> {
     let mut client = pool.get().await?;
     let client: &mut tokio_postgres::Client = &mut client;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS hub_schema_migrations (
             version    bigint      PRIMARY KEY,
@@ -70,10 +55,7 @@ pub async fn run(pool: &Pool) -> Result<usize, MigrateError> {
     )
     .await?;
     let applied: Vec<(i64, Vec<u8>)> = tx
-        .query(
-            "SELECT version, checksum FROM hub_schema_migrations ORDER BY version",
-            &[],
-        )
+        .query("SELECT version, checksum FROM hub_schema_migrations ORDER BY version", &[])
         .await?
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -88,15 +70,8 @@ pub async fn run(pool: &Pool) -> Result<usize, MigrateError> {
         }
     }
     let mut count = 0;
-    for m in MIGRATIONS
-        .iter()
-        .filter(|m| !applied.iter().any(|(v, _)| *v == m.version))
-    {
-        let failed = |source| MigrateError::Failed {
-            version: m.version,
-            name: m.name,
-            source,
-        };
+    for m in MIGRATIONS.iter().filter(|m| !applied.iter().any(|(v, _)| *v == m.version)) {
+        let failed = |source| MigrateError::Failed { version: m.version, name: m.name, source };
         tx.batch_execute(m.sql).await.map_err(failed)?;
         tx.execute(
             "INSERT INTO hub_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -132,13 +107,7 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        let expected: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|m| format!("{:04}_{}.sql", m.version, m.name))
-            .collect();
-        assert_eq!(
-            files, expected,
-            "every file in migrations/hub is listed in MIGRATIONS"
-        );
+        let expected: Vec<String> = MIGRATIONS.iter().map(|m| format!("{:04}_{}.sql", m.version, m.name)).collect();
+        assert_eq!(files, expected, "every file in migrations/hub is listed in MIGRATIONS");
     }
 }

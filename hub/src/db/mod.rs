@@ -44,9 +44,7 @@ impl DbError {
         match self {
             Self::Pool(_) => true,
             Self::Query(e) => {
-                e.is_closed()
-                    || e.code()
-                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+                e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
             }
             _ => false,
         }
@@ -57,20 +55,12 @@ impl DbError {
 #[must_use]
 pub fn is_unique_violation(e: &tokio_postgres::Error, constraint: &str) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-        && e.as_db_error()
-            .and_then(tokio_postgres::error::DbError::constraint)
-            == Some(constraint)
+        && e.as_db_error().and_then(tokio_postgres::error::DbError::constraint) == Some(constraint)
 }
 
 /// A pool of connections made with `config`.
 pub fn pool(config: tokio_postgres::Config, size: u32) -> Result<Pool, DbError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Ok(Pool::builder(manager)
         .max_size(usize::try_from(size).unwrap_or(16))
         .runtime(Runtime::Tokio1)
@@ -98,18 +88,10 @@ impl Database {
     /// `DATA_DIR/pg`; then applies the migrations.
     pub async fn open(config: &Config) -> Result<Self, DbError> {
         let (pg_config, embedded) = match &config.database_url {
-            Some(url) => (
-                url.0
-                    .parse::<tokio_postgres::Config>()
-                    .map_err(DbError::Url)?,
-                None,
-            ),
+            Some(url) => (url.0.parse::<tokio_postgres::Config>().map_err(DbError::Url)?, None),
             None => {
-                let pg = EmbeddedPostgres::start(
-                    &config.data_dir.join("pg"),
-                    config.postgres_bin_dir.as_deref(),
-                )
-                .await?;
+                let pg =
+                    EmbeddedPostgres::start(&config.data_dir.join("pg"), config.postgres_bin_dir.as_deref()).await?;
                 (pg.connect_config(crate::pg::DATABASE), Some(pg))
             }
         };

@@ -39,12 +39,7 @@ pub struct SyncError {
 impl SyncError {
     /// The caller's fault: sending the same request again will not help.
     pub fn rejected(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retryable: false,
-        }
+        Self { status, code, message: message.into(), retryable: false }
     }
 
     /// The hub's fault; logged with its cause, not returned.
@@ -95,14 +90,7 @@ impl From<SignatureError> for SyncError {
 
 impl IntoResponse for SyncError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                code: self.code.to_owned(),
-                message: self.message,
-                retryable: self.retryable,
-            }),
-        )
+        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message, retryable: self.retryable }))
             .into_response()
     }
 }

@@ -44,8 +44,8 @@ use axum::routing::post;
 use santerurale_shared::sync::signing::DEFAULT_MAX_SKEW_SECS;
 use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
 use santerurale_shared::sync::{
-    CodecError, PUSH_PATH, PushRequest, PushResponse, SignedHeaders, VerifyingKey, decode_push,
-    encode_push_response, verify,
+    CodecError, PUSH_PATH, PushRequest, PushResponse, SignedHeaders, VerifyingKey, decode_push, encode_push_response,
+    verify,
 };
 use santerurale_shared::{DeviceId, SiteId};
 use time::OffsetDateTime;
@@ -59,10 +59,7 @@ pub const INFLATE_FACTOR: usize = 8;
 const LOG_LOCK_KEY: i64 = 0x7379_6e63_6c6f_6721;
 
 pub fn router(max_body_bytes: usize) -> Router<AppState> {
-    Router::new().route(
-        PUSH_PATH,
-        post(push).layer(DefaultBodyLimit::max(max_body_bytes)),
-    )
+    Router::new().route(PUSH_PATH, post(push).layer(DefaultBodyLimit::max(max_body_bytes)))
 }
 
 /// The enrolled device that signed a request.
@@ -97,19 +94,11 @@ async fn push(
 ) -> Response {
     match handle(&state, &uri, &headers, body).await {
         Ok(response) => {
-            state
-                .metrics
-                .sync_push_requests
-                .with_label_values(&["ok"])
-                .inc();
+            state.metrics.sync_push_requests.with_label_values(&["ok"]).inc();
             response
         }
         Err(e) => {
-            state
-                .metrics
-                .sync_push_requests
-                .with_label_values(&[e.code])
-                .inc();
+            state.metrics.sync_push_requests.with_label_values(&[e.code]).inc();
             if !e.retryable {
                 let device = headers
                     .get(santerurale_shared::sync::signing::HEADER_DEVICE)
@@ -132,43 +121,27 @@ async fn handle(
     let max_body = state.config.sync_max_body_bytes;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large(format!(
-                "the body is larger than {max_body} bytes: send a smaller batch"
-            ))
+            too_large(format!("the body is larger than {max_body} bytes: send a smaller batch"))
         } else {
             SyncError::rejected(e.status(), codes::MALFORMED_BODY, e.body_text())
         }
     })?;
 
-    let sender = find_sender(&state.db, signed.device_id)
-        .await?
-        .ok_or_else(|| {
-            SyncError::rejected(
-                StatusCode::UNAUTHORIZED,
-                codes::UNKNOWN_DEVICE,
-                "this device is not enrolled with the hub",
-            )
-        })?;
+    let sender = find_sender(&state.db, signed.device_id).await?.ok_or_else(|| {
+        SyncError::rejected(StatusCode::UNAUTHORIZED, codes::UNKNOWN_DEVICE, "this device is not enrolled with the hub")
+    })?;
     let key = <[u8; 32]>::try_from(sender.public_key.as_slice())
         .ok()
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
         .ok_or_else(|| SyncError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: "internal error; see the hub's log".into(),
-            retryable: true,
-        })?;
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        code: "internal",
+        message: "internal error; see the hub's log".into(),
+        retryable: true,
+    })?;
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    verify(
-        &key,
-        &signed,
-        "POST",
-        path,
-        &body,
-        now,
-        DEFAULT_MAX_SKEW_SECS,
-    )?;
+    verify(&key, &signed, "POST", path, &body, now, DEFAULT_MAX_SKEW_SECS)?;
     if sender.revoked {
         return Err(revoked());
     }
@@ -182,14 +155,9 @@ async fn handle(
 
     let stored = store(&state.db, &sender, &signed.nonce, &checked).await?;
     let m = &state.metrics;
-    m.sync_changes_applied
-        .inc_by(u64::from(stored.response.applied));
-    m.sync_pending_operations
-        .with_label_values(&[sender.site_code.as_str()])
-        .set(stored.site_pending);
-    m.sync_last_contact
-        .with_label_values(&[sender.site_code.as_str()])
-        .set(now);
+    m.sync_changes_applied.inc_by(u64::from(stored.response.applied));
+    m.sync_pending_operations.with_label_values(&[sender.site_code.as_str()]).set(stored.site_pending);
+    m.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
     if let Err(e) = purge_nonces(&state.db).await {
         tracing::warn!(error = %crate::error_chain(&e), "sync: purging old nonces failed");
     }
@@ -201,11 +169,7 @@ async fn handle(
         "sync push stored"
     );
     let body = encode_push_response(&stored.response).map_err(|e| SyncError::internal(&e))?;
-    Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response())
 }
 
 fn revoked() -> SyncError {
@@ -217,29 +181,19 @@ fn revoked() -> SyncError {
 }
 
 fn too_large(message: String) -> SyncError {
-    SyncError::rejected(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        codes::BODY_TOO_LARGE,
-        message,
-    )
+    SyncError::rejected(StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE, message)
 }
 
 /// Decodes the body and checks everything that needs no database.
 fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncError> {
     let request = decode_push(body, limit).map_err(|e| match e {
-        CodecError::TooLarge { limit } => too_large(format!(
-            "the body inflates past {limit} bytes: send a smaller batch"
-        )),
-        CodecError::UnsupportedProtocol { .. } => SyncError::rejected(
-            StatusCode::BAD_REQUEST,
-            codes::UNSUPPORTED_PROTOCOL,
-            e.to_string(),
-        ),
-        other => SyncError::rejected(
-            StatusCode::BAD_REQUEST,
-            codes::MALFORMED_BODY,
-            crate::error_chain(&other),
-        ),
+        CodecError::TooLarge { limit } => {
+            too_large(format!("the body inflates past {limit} bytes: send a smaller batch"))
+        }
+        CodecError::UnsupportedProtocol { .. } => {
+            SyncError::rejected(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL, e.to_string())
+        }
+        other => SyncError::rejected(StatusCode::BAD_REQUEST, codes::MALFORMED_BODY, crate::error_chain(&other)),
     })?;
     if request.device_id != device {
         return Err(SyncError::rejected(
@@ -254,10 +208,7 @@ fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncErr
             return Err(SyncError::rejected(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 codes::OUT_OF_ORDER,
-                format!(
-                    "the batch is not strictly ascending by seq at seq {}",
-                    c.seq
-                ),
+                format!("the batch is not strictly ascending by seq at seq {}", c.seq),
             ));
         }
         previous = Some(c.seq);
@@ -270,10 +221,7 @@ fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncErr
                 SyncError::rejected(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     codes::INVALID_CHANGE,
-                    format!(
-                        "the change at seq {} is not a valid Automerge change: {reason}",
-                        c.seq
-                    ),
+                    format!("the change at seq {} is not a valid Automerge change: {reason}", c.seq),
                 )
             })
         })
@@ -296,10 +244,7 @@ fn change_hash(bytes: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-async fn find_sender(
-    pool: &deadpool_postgres::Pool,
-    id: DeviceId,
-) -> Result<Option<Sender>, SyncError> {
+async fn find_sender(pool: &deadpool_postgres::Pool, id: DeviceId) -> Result<Option<Sender>, SyncError> {
     let client = pool.get().await?;
     let row = client
         .query_opt(
@@ -346,8 +291,7 @@ async fn store(
     }
     let mut applied = 0;
     if !batch.is_empty() {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY])
-            .await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY]).await?;
         let patients: Vec<uuid::Uuid> = batch.iter().map(|c| *c.patient_id.as_uuid()).collect();
         let bytes: Vec<&[u8]> = batch.iter().map(|c| c.change.as_slice()).collect();
         applied = tx
@@ -357,22 +301,13 @@ async fn store(
                  FROM unnest($1::bytea[], $2::uuid[], $3::bytea[]) WITH ORDINALITY AS t(h, p, b, n)
                  ORDER BY n
                  ON CONFLICT (change_hash) DO NOTHING",
-                &[
-                    &checked.hashes,
-                    &patients,
-                    &bytes,
-                    sender.site_id.as_uuid(),
-                    sender.id.as_uuid(),
-                ],
+                &[&checked.hashes, &patients, &bytes, sender.site_id.as_uuid(), sender.id.as_uuid()],
             )
             .await?;
     }
     // Both fit: seqs were checked to fit an i64, and a batch is far smaller
     // than u32::MAX changes.
-    let last_seq = batch
-        .last()
-        .and_then(|c| i64::try_from(c.seq).ok())
-        .unwrap_or(0);
+    let last_seq = batch.last().and_then(|c| i64::try_from(c.seq).ok()).unwrap_or(0);
     let depth = i64::try_from(checked.request.outbox_depth).unwrap_or(i64::MAX);
     // Revoked since we looked it up: refuse rather than store (the revoke
     // and this update lock the same row, so one of them comes second).
@@ -404,11 +339,7 @@ async fn store(
         None => u64::try_from(recorded.max(sender.last_push_seq)).unwrap_or(0),
     };
     Ok(Stored {
-        response: PushResponse {
-            acked_through,
-            applied,
-            duplicates: total.saturating_sub(applied),
-        },
+        response: PushResponse { acked_through, applied, duplicates: total.saturating_sub(applied) },
         site_pending,
     })
 }
@@ -417,12 +348,7 @@ async fn store(
 async fn purge_nonces(pool: &deadpool_postgres::Pool) -> Result<u64, crate::db::DbError> {
     let keep = Duration::from_secs(2 * DEFAULT_MAX_SKEW_SECS).as_secs_f64();
     let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM sync_nonces WHERE seen_at < now() - make_interval(secs => $1)",
-            &[&keep],
-        )
-        .await?)
+    Ok(client.execute("DELETE FROM sync_nonces WHERE seen_at < now() - make_interval(secs => $1)", &[&keep]).await?)
 }
 
 #[cfg(test)]
@@ -434,8 +360,7 @@ mod tests {
     #[test]
     fn change_hashes_check_the_checksum_compressed_or_not() {
         let mut doc = automerge::AutoCommit::new();
-        doc.put(automerge::ROOT, "note", "x".repeat(4096))
-            .expect("put");
+        doc.put(automerge::ROOT, "note", "x".repeat(4096)).expect("put");
         doc.commit();
         let mut change = doc.get_last_local_change().expect("change");
         let raw = change.raw_bytes().to_vec();

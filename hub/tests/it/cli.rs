@@ -23,11 +23,7 @@ fn print_config_shows_defaults_and_hides_the_password() {
         .env("DATABASE_URL", "postgres://hub:s3cret@db.example/hub")
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(r#"listen = "0.0.0.0:8090""#), "{text}");
     assert!(text.contains("postgres://hub:***@db.example/hub"), "{text}");
@@ -48,28 +44,15 @@ async fn user_add_reads_the_password_from_stdin() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(password.as_bytes())
-            .expect("write");
+        child.stdin.take().expect("stdin").write_all(password.as_bytes()).expect("write");
         child.wait_with_output().expect("wait")
     };
     let out = tokio::task::spawn_blocking(move || {
-        [
-            run("chef", "correct horse battery\n"),
-            run("chef", "another password\n"),
-            run("bref", "short\n"),
-        ]
+        [run("chef", "correct horse battery\n"), run("chef", "another password\n"), run("bref", "short\n")]
     })
     .await
     .expect("join");
-    assert!(
-        out[0].status.success(),
-        "{}",
-        String::from_utf8_lossy(&out[0].stderr)
-    );
+    assert!(out[0].status.success(), "{}", String::from_utf8_lossy(&out[0].stderr));
     assert!(String::from_utf8_lossy(&out[0].stdout).contains("created admin account chef"));
     assert!(!out[1].status.success());
     assert!(String::from_utf8_lossy(&out[1].stderr).contains("already taken"));
@@ -77,10 +60,7 @@ async fn user_add_reads_the_password_from_stdin() {
     assert!(String::from_utf8_lossy(&out[2].stderr).contains("password"));
 
     let pool = db.pool();
-    let (user, hash) = hub::users::find_credentials(&pool, "chef")
-        .await
-        .expect("query")
-        .expect("user exists");
+    let (user, hash) = hub::users::find_credentials(&pool, "chef").await.expect("query").expect("user exists");
     assert_eq!(user.role, hub::auth::Role::Admin);
     assert!(hub::auth::verify_password(&hash, "correct horse battery"));
 }

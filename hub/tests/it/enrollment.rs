@@ -20,17 +20,8 @@ async fn tokens_are_for_admins_random_hashed_and_expire_in_24_hours() {
     let url = hub.url(&format!("/api/v1/sites/{site}/enrollment-tokens"));
 
     let resp = hub.http.post(&url).send().await.expect("send");
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::UNAUTHORIZED, "unauthorized".into())
-    );
-    let resp = hub
-        .http
-        .post(&url)
-        .bearer_auth("not.a.jwt")
-        .send()
-        .await
-        .expect("send");
+    assert_eq!(error_code(resp).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    let resp = hub.http.post(&url).bearer_auth("not.a.jwt").send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     for unknown in [uuid::Uuid::now_v7().to_string(), "nope".into()] {
         let resp = hub
@@ -44,13 +35,7 @@ async fn tokens_are_for_admins_random_hashed_and_expire_in_24_hours() {
     }
     assert_eq!(count(&hub, "enrollment_tokens").await, 0);
 
-    let resp = hub
-        .http
-        .post(&url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send");
+    let resp = hub.http.post(&url).bearer_auth(&admin).send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let body: Value = resp.json().await.expect("json");
     let token = body["token"].as_str().expect("token");
@@ -93,25 +78,16 @@ async fn a_device_enrolls_once_per_token() {
 
     // The token is spent: neither another device nor the same one again.
     let resp = TestDevice::new().enroll(&hub, &token).await;
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::GONE, "enrollment_token_used".into())
-    );
+    assert_eq!(error_code(resp).await, (StatusCode::GONE, "enrollment_token_used".into()));
     let resp = device.enroll(&hub, &token).await;
     assert_eq!(resp.status(), StatusCode::GONE);
     let resp = TestDevice::new().enroll(&hub, "an-unknown-token").await;
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::UNAUTHORIZED, "invalid_enrollment_token".into())
-    );
+    assert_eq!(error_code(resp).await, (StatusCode::UNAUTHORIZED, "invalid_enrollment_token".into()));
     assert_eq!(count(&hub, "devices").await, 1);
 
     let client = hub.state.db.get().await.expect("conn");
     let spent_by: uuid::Uuid = client
-        .query_one(
-            "SELECT device_id FROM enrollment_tokens WHERE used_at IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT device_id FROM enrollment_tokens WHERE used_at IS NOT NULL", &[])
         .await
         .expect("select")
         .get(0);
@@ -144,17 +120,11 @@ async fn an_expired_token_is_refused() {
         .get()
         .await
         .expect("conn")
-        .execute(
-            "UPDATE enrollment_tokens SET expires_at = now() - interval '1 second'",
-            &[],
-        )
+        .execute("UPDATE enrollment_tokens SET expires_at = now() - interval '1 second'", &[])
         .await
         .expect("expire");
     let resp = TestDevice::new().enroll(&hub, &token).await;
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::GONE, "enrollment_token_expired".into())
-    );
+    assert_eq!(error_code(resp).await, (StatusCode::GONE, "enrollment_token_expired".into()));
     assert_eq!(count(&hub, "devices").await, 0);
 }
 
@@ -166,47 +136,31 @@ async fn bad_input_and_taken_ids_leave_the_token_unspent() {
     let (enrolled, _) = TestDevice::enrolled(&hub, &admin, "BKO").await;
     let token = enrollment_token(&hub, &admin, &site).await;
 
-    let enroll = |body: Value| {
-        hub.http
-            .post(hub.url("/api/v1/devices/enroll"))
-            .json(&body)
-            .send()
-    };
+    let enroll = |body: Value| hub.http.post(hub.url("/api/v1/devices/enroll")).json(&body).send();
     let fresh = TestDevice::new();
     for bad_key in ["AAAA", "", "not base64 at all!"] {
-        let resp = enroll(
-            json!({ "token": token, "device_id": fresh.id.to_string(), "public_key": bad_key }),
-        )
-        .await
-        .expect("send");
+        let resp = enroll(json!({ "token": token, "device_id": fresh.id.to_string(), "public_key": bad_key }))
+            .await
+            .expect("send");
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad_key}");
     }
     let resp =
-        enroll(json!({ "token": token, "device_id": "x", "public_key": fresh.public_key() }))
-            .await
-            .expect("send");
+        enroll(json!({ "token": token, "device_id": "x", "public_key": fresh.public_key() })).await.expect("send");
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
     // The id of an enrolled device, then its key: 409, nothing spent.
-    let resp = enroll(json!({ "token": token, "device_id": enrolled.id.to_string(), "public_key": fresh.public_key() }))
-        .await
-        .expect("send");
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::CONFLICT, "device_already_enrolled".into())
-    );
-    let resp = enroll(json!({ "token": token, "device_id": fresh.id.to_string(), "public_key": enrolled.public_key() }))
-        .await
-        .expect("send");
-    assert_eq!(
-        error_code(resp).await,
-        (StatusCode::CONFLICT, "public_key_already_enrolled".into())
-    );
+    let resp =
+        enroll(json!({ "token": token, "device_id": enrolled.id.to_string(), "public_key": fresh.public_key() }))
+            .await
+            .expect("send");
+    assert_eq!(error_code(resp).await, (StatusCode::CONFLICT, "device_already_enrolled".into()));
+    let resp =
+        enroll(json!({ "token": token, "device_id": fresh.id.to_string(), "public_key": enrolled.public_key() }))
+            .await
+            .expect("send");
+    assert_eq!(error_code(resp).await, (StatusCode::CONFLICT, "public_key_already_enrolled".into()));
     assert_eq!(count(&hub, "devices").await, 1);
-    assert_eq!(
-        fresh.enroll(&hub, &token).await.status(),
-        StatusCode::CREATED
-    );
+    assert_eq!(fresh.enroll(&hub, &token).await.status(), StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -218,21 +172,15 @@ async fn concurrent_enrollments_with_one_token_have_one_winner() {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let device = TestDevice::new();
-        let req = hub
-            .http
-            .post(hub.url("/api/v1/devices/enroll"))
-            .json(&json!({
-                "token": token,
-                "device_id": device.id.to_string(),
-                "public_key": device.public_key(),
-            }));
+        let req = hub.http.post(hub.url("/api/v1/devices/enroll")).json(&json!({
+            "token": token,
+            "device_id": device.id.to_string(),
+            "public_key": device.public_key(),
+        }));
         tasks.spawn(async move { req.send().await.expect("send").status() });
     }
     let statuses = tasks.join_all().await;
-    let won = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::CREATED)
-        .count();
+    let won = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
     let lost = statuses.iter().filter(|s| **s == StatusCode::GONE).count();
     assert_eq!((won, lost), (1, 7), "{statuses:?}");
     assert_eq!(count(&hub, "devices").await, 1);
@@ -256,13 +204,7 @@ async fn revocation_is_for_admins_and_shows_in_the_list() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 
-    let resp = hub
-        .http
-        .post(&url)
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send");
+    let resp = hub.http.post(&url).bearer_auth(&admin).send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
     let revoked: Value = resp.json().await.expect("json");
     assert!(revoked["revoked_at"].is_string());

@@ -9,31 +9,17 @@ use crate::support::TestDb;
 async fn apply_on_an_empty_database_then_are_idempotent() {
     let db = TestDb::new().await;
     let pool = db.pool();
-    assert_eq!(
-        migrate::run(&pool).await.expect("first run"),
-        MIGRATIONS.len()
-    );
+    assert_eq!(migrate::run(&pool).await.expect("first run"), MIGRATIONS.len());
     assert_eq!(migrate::run(&pool).await.expect("second run"), 0);
     let client = pool.get().await.expect("conn");
     let rows = client
-        .query(
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
-            &[],
-        )
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1", &[])
         .await
         .expect("tables");
     let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(
         tables,
-        [
-            "changes",
-            "devices",
-            "enrollment_tokens",
-            "hub_schema_migrations",
-            "sites",
-            "sync_nonces",
-            "users"
-        ]
+        ["changes", "devices", "enrollment_tokens", "hub_schema_migrations", "sites", "sync_nonces", "users"]
     );
 }
 
@@ -50,17 +36,8 @@ async fn a_changed_or_unknown_migration_stops_the_start() {
     let db = TestDb::new().await;
     let pool = db.migrated_pool().await;
     let client = pool.get().await.expect("conn");
-    client
-        .execute(
-            "UPDATE hub_schema_migrations SET checksum = '\\x00' WHERE version = 1",
-            &[],
-        )
-        .await
-        .expect("tamper");
-    assert!(matches!(
-        migrate::run(&pool).await,
-        Err(MigrateError::ChecksumMismatch { version: 1 })
-    ));
+    client.execute("UPDATE hub_schema_migrations SET checksum = '\\x00' WHERE version = 1", &[]).await.expect("tamper");
+    assert!(matches!(migrate::run(&pool).await, Err(MigrateError::ChecksumMismatch { version: 1 })));
 
     let db = TestDb::new().await;
     let pool = db.migrated_pool().await;
@@ -69,8 +46,5 @@ async fn a_changed_or_unknown_migration_stops_the_start() {
         .execute("INSERT INTO hub_schema_migrations (version, name, checksum) VALUES (9999, 'future', '\\x00')", &[])
         .await
         .expect("insert");
-    assert!(matches!(
-        migrate::run(&pool).await,
-        Err(MigrateError::UnknownVersion { version: 9999 })
-    ));
+    assert!(matches!(migrate::run(&pool).await, Err(MigrateError::UnknownVersion { version: 9999 })));
 }

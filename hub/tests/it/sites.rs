@@ -13,9 +13,7 @@ async fn create_then_list() {
         .http
         .post(hub.url("/api/v1/sites"))
         .bearer_auth(&token)
-        .json(
-            &json!({ "name": "CSCom de Kati", "code": "kati-01", "dhis2_org_unit": "DiszpKrYNg8" }),
-        )
+        .json(&json!({ "name": "CSCom de Kati", "code": "kati-01", "dhis2_org_unit": "DiszpKrYNg8" }))
         .send()
         .await
         .expect("send");
@@ -56,50 +54,23 @@ async fn create_then_list() {
 async fn invalid_input_is_422_and_a_taken_code_409() {
     let hub = TestHub::start().await;
     let token = hub.admin_token().await;
-    let post = |body: Value| {
-        hub.http
-            .post(hub.url("/api/v1/sites"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
+    let post = |body: Value| hub.http.post(hub.url("/api/v1/sites")).bearer_auth(&token).json(&body).send();
 
-    let resp = post(json!({ "name": " ", "dhis2_org_unit": "bad" }))
-        .await
-        .expect("send");
+    let resp = post(json!({ "name": " ", "dhis2_org_unit": "bad" })).await.expect("send");
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["code"], "validation_failed");
-    let fields: Vec<&str> = body["fields"]
-        .as_array()
-        .expect("fields")
-        .iter()
-        .map(|f| f["field"].as_str().expect("field"))
-        .collect();
+    let fields: Vec<&str> =
+        body["fields"].as_array().expect("fields").iter().map(|f| f["field"].as_str().expect("field")).collect();
     assert_eq!(fields, ["name", "code", "dhis2_org_unit"]);
 
-    assert_eq!(
-        post(json!({ "name": "Kati", "code": "KATI" }))
-            .await
-            .expect("send")
-            .status(),
-        StatusCode::CREATED
-    );
-    let resp = post(json!({ "name": "Kati bis", "code": "kati" }))
-        .await
-        .expect("send");
+    assert_eq!(post(json!({ "name": "Kati", "code": "KATI" })).await.expect("send").status(), StatusCode::CREATED);
+    let resp = post(json!({ "name": "Kati bis", "code": "kati" })).await.expect("send");
     assert_eq!(resp.status(), StatusCode::CONFLICT);
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["code"], "site_code_taken");
 
-    let resp = hub
-        .http
-        .post(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .body("{}")
-        .send()
-        .await
-        .expect("send");
+    let resp = hub.http.post(hub.url("/api/v1/sites")).bearer_auth(&token).body("{}").send().await.expect("send");
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let resp = hub
         .http

@@ -48,21 +48,11 @@ impl TestDb {
             }
         };
         let name = format!("hub_test_{}", uuid::Uuid::now_v7().simple());
-        let client = connect(&admin)
-            .await
-            .expect("connect to the admin database");
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
+        let client = connect(&admin).await.expect("connect to the admin database");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
         let mut config = admin.clone();
         config.dbname(&name);
-        Self {
-            config,
-            admin,
-            name,
-            _embedded: embedded,
-        }
+        Self { config, admin, name, _embedded: embedded }
     }
 
     pub fn pool(&self) -> Pool {
@@ -80,18 +70,13 @@ impl TestDb {
     pub fn url(&self) -> String {
         let host = match self.config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => {
-                p.display().to_string().replace('/', "%2F")
-            }
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string().replace('/', "%2F"),
             None => "localhost".into(),
         };
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         let user = self.config.get_user().unwrap_or("postgres");
-        let password = self
-            .config
-            .get_password()
-            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-            .unwrap_or_default();
+        let password =
+            self.config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
         format!("postgres://{user}{password}@{host}:{port}/{}", self.name)
     }
 }
@@ -106,10 +91,7 @@ impl Drop for TestDb {
         // Drop may run inside the test's runtime: use a runtime of our own
         // on another thread.
         let joined = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 if let Ok(client) = connect(&admin).await {
                     let _ = client.batch_execute(&sql).await;
@@ -130,34 +112,23 @@ async fn server() -> Result<tokio_postgres::Config, String> {
     }
     for var in ["SANTERURALE_TEST_DATABASE_URL", "DATABASE_URL"] {
         if let Ok(url) = std::env::var(var) {
-            let config: tokio_postgres::Config = url
-                .parse()
-                .unwrap_or_else(|e| panic!("{var} is not a valid URL: {e}"));
+            let config: tokio_postgres::Config =
+                url.parse().unwrap_or_else(|e| panic!("{var} is not a valid URL: {e}"));
             if let Err(e) = connect(&config).await {
-                panic!(
-                    "{var} is set but the server cannot be reached: {}",
-                    hub::error_chain(&e)
-                );
+                panic!("{var} is set but the server cannot be reached: {}", hub::error_chain(&e));
             }
             return Ok(config);
         }
     }
     let mut local = tokio_postgres::Config::new();
-    local
-        .host("127.0.0.1")
-        .port(5432)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
+    local.host("127.0.0.1").port(5432).user("postgres").dbname("postgres").connect_timeout(Duration::from_secs(3));
     match connect(&local).await {
         Ok(_) => Ok(local),
         Err(e) => Err(format!("none configured, and 127.0.0.1:5432 refused: {e}")),
     }
 }
 
-async fn connect(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
@@ -194,27 +165,15 @@ impl TestHub {
     /// A hub on `pool`, whatever database it reaches.
     pub async fn with_pool(db: TestDb, pool: Pool) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
-        let config = Config {
-            data_dir: data.path().to_owned(),
-            ..Config::default()
-        };
+        let config = Config { data_dir: data.path().to_owned(), ..Config::default() };
         let state = AppState::new(config, pool).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(hub::serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
-        Self {
-            base,
-            state,
-            http: reqwest::Client::new(),
-            shutdown: Some(tx),
-            _data: data,
-            _db: db,
-        }
+        Self { base, state, http: reqwest::Client::new(), shutdown: Some(tx), _data: data, _db: db }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -223,17 +182,10 @@ impl TestHub {
 
     /// Creates an admin account and signs in; returns the bearer token.
     pub async fn admin_token(&self) -> String {
-        hub::users::add_user(
-            &self.state.db,
-            "admin",
-            hub::auth::Role::Admin,
-            "correct horse battery",
-        )
-        .await
-        .expect("add user");
-        self.login("admin", "correct horse battery")
+        hub::users::add_user(&self.state.db, "admin", hub::auth::Role::Admin, "correct horse battery")
             .await
-            .expect("login")
+            .expect("add user");
+        self.login("admin", "correct horse battery").await.expect("login")
     }
 
     /// A bearer token for an admin, issued directly: for tests about other
@@ -248,11 +200,7 @@ impl TestHub {
     }
 
     /// `POST /api/v1/auth/login`: the token, or the status when refused.
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<String, reqwest::StatusCode> {
+    pub async fn login(&self, username: &str, password: &str) -> Result<String, reqwest::StatusCode> {
         let resp = self
             .http
             .post(self.url("/api/v1/auth/login"))
@@ -344,10 +292,7 @@ impl TestDevice {
         let site = create_site(hub, admin, code).await;
         let token = enrollment_token(hub, admin, &site).await;
         let device = Self::new();
-        assert_eq!(
-            device.enroll(hub, &token).await.status(),
-            reqwest::StatusCode::CREATED
-        );
+        assert_eq!(device.enroll(hub, &token).await.status(), reqwest::StatusCode::CREATED);
         (device, site)
     }
 
@@ -365,11 +310,7 @@ impl TestDevice {
     }
 
     /// A push request of this device, encoded.
-    pub fn push_body(
-        &self,
-        batch: Vec<santerurale_shared::sync::OutboxChange>,
-        outbox_depth: u64,
-    ) -> Vec<u8> {
+    pub fn push_body(&self, batch: Vec<santerurale_shared::sync::OutboxChange>, outbox_depth: u64) -> Vec<u8> {
         santerurale_shared::sync::encode_push(&santerurale_shared::sync::PushRequest {
             protocol: santerurale_shared::sync::PROTOCOL_VERSION,
             device_id: self.id,
@@ -397,13 +338,10 @@ pub async fn post_push(
 }
 
 /// The status and error body of a refused sync request.
-pub async fn sync_error(
-    resp: reqwest::Response,
-) -> (reqwest::StatusCode, santerurale_shared::sync::ErrorBody) {
+pub async fn sync_error(resp: reqwest::Response) -> (reqwest::StatusCode, santerurale_shared::sync::ErrorBody) {
     let status = resp.status();
     let text = resp.text().await.expect("body");
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{status}: not an ErrorBody ({e}): {text:?}"));
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not an ErrorBody ({e}): {text:?}"));
     (status, body)
 }
 
@@ -422,26 +360,18 @@ pub async fn count(hub: &TestHub, table: &str) -> i64 {
 
 /// `n` real Automerge changes made by `device` on one new patient document:
 /// the outbox entries `first_seq..`.
-pub fn patient_changes(
-    device: &TestDevice,
-    first_seq: u64,
-    n: usize,
-) -> Vec<santerurale_shared::sync::OutboxChange> {
+pub fn patient_changes(device: &TestDevice, first_seq: u64, n: usize) -> Vec<santerurale_shared::sync::OutboxChange> {
     use automerge::transaction::Transactable as _;
     let patient = santerurale_shared::PatientId::new();
-    let mut doc = automerge::AutoCommit::new().with_actor(automerge::ActorId::from(
-        device.id.as_uuid().as_bytes().as_slice(),
-    ));
+    let mut doc =
+        automerge::AutoCommit::new().with_actor(automerge::ActorId::from(device.id.as_uuid().as_bytes().as_slice()));
     // As on an edge, the document names its patient: without it, two new
     // documents of one device could start with the very same change.
-    doc.put(automerge::ROOT, "id", patient.to_string())
-        .expect("put");
+    doc.put(automerge::ROOT, "id", patient.to_string()).expect("put");
     (0..n)
         .map(|i| {
-            doc.put(automerge::ROOT, "visits", i64::try_from(i).expect("small"))
-                .expect("put");
-            doc.put(automerge::ROOT, "name", format!("Awa {i}"))
-                .expect("put");
+            doc.put(automerge::ROOT, "visits", i64::try_from(i).expect("small")).expect("put");
+            doc.put(automerge::ROOT, "name", format!("Awa {i}")).expect("put");
             doc.commit();
             let change = doc.get_last_local_change().expect("a change");
             santerurale_shared::sync::OutboxChange {

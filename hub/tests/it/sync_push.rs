@@ -10,10 +10,7 @@ async fn push_ok(hub: &TestHub, device: &TestDevice, body: Vec<u8>) -> PushRespo
     let headers = device.sign(&body);
     let resp = post_push(hub, &headers, body).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        resp.headers()["content-type"].to_str().expect("ascii"),
-        CONTENT_TYPE
-    );
+    assert_eq!(resp.headers()["content-type"].to_str().expect("ascii"), CONTENT_TYPE);
     decode_push_response(&resp.bytes().await.expect("body"), 1024).expect("a PushResponse")
 }
 
@@ -27,34 +24,18 @@ async fn a_signed_push_is_stored_with_provenance_and_acknowledged() {
     let body = device.push_body(batch.clone(), 12);
 
     let resp = push_ok(&hub, &device, body.clone()).await;
-    assert_eq!(
-        resp,
-        PushResponse {
-            acked_through: 5,
-            applied: 5,
-            duplicates: 0
-        }
-    );
+    assert_eq!(resp, PushResponse { acked_through: 5, applied: 5, duplicates: 0 });
 
     let client = hub.state.db.get().await.expect("conn");
     let rows = client
-        .query(
-            "SELECT hub_seq, change_hash, patient_id, site_id, device_id, bytes FROM changes ORDER BY hub_seq",
-            &[],
-        )
+        .query("SELECT hub_seq, change_hash, patient_id, site_id, device_id, bytes FROM changes ORDER BY hub_seq", &[])
         .await
         .expect("select");
     assert_eq!(rows.len(), 5);
     for (row, sent) in rows.iter().zip(&batch) {
         let change = automerge::Change::from_bytes(sent.change.clone()).expect("change");
-        assert_eq!(
-            row.get::<_, Vec<u8>>("change_hash"),
-            change.hash().0.to_vec()
-        );
-        assert_eq!(
-            &row.get::<_, uuid::Uuid>("patient_id"),
-            sent.patient_id.as_uuid()
-        );
+        assert_eq!(row.get::<_, Vec<u8>>("change_hash"), change.hash().0.to_vec());
+        assert_eq!(&row.get::<_, uuid::Uuid>("patient_id"), sent.patient_id.as_uuid());
         assert_eq!(row.get::<_, uuid::Uuid>("site_id").to_string(), site);
         assert_eq!(&row.get::<_, uuid::Uuid>("device_id"), device.id.as_uuid());
         assert_eq!(row.get::<_, Vec<u8>>("bytes"), sent.change);
@@ -74,50 +55,21 @@ async fn a_signed_push_is_stored_with_provenance_and_acknowledged() {
 
     // The same batch again (its ack was lost): all duplicates, nothing new.
     let again = push_ok(&hub, &device, body).await;
-    assert_eq!(
-        again,
-        PushResponse {
-            acked_through: 5,
-            applied: 0,
-            duplicates: 5
-        }
-    );
+    assert_eq!(again, PushResponse { acked_through: 5, applied: 0, duplicates: 5 });
     assert_eq!(count(&hub, "changes").await, 5);
 
     // Half old, half new.
     let mut mixed = batch[3..].to_vec();
     mixed.extend(patient_changes(&device, 6, 2));
     let resp = push_ok(&hub, &device, device.push_body(mixed, 0)).await;
-    assert_eq!(
-        resp,
-        PushResponse {
-            acked_through: 7,
-            applied: 2,
-            duplicates: 2
-        }
-    );
+    assert_eq!(resp, PushResponse { acked_through: 7, applied: 2, duplicates: 2 });
     assert_eq!(count(&hub, "changes").await, 7);
 
     // Nothing pending: the ack is what was stored before.
     let resp = push_ok(&hub, &device, device.push_body(Vec::new(), 0)).await;
-    assert_eq!(
-        resp,
-        PushResponse {
-            acked_through: 7,
-            applied: 0,
-            duplicates: 0
-        }
-    );
+    assert_eq!(resp, PushResponse { acked_through: 7, applied: 0, duplicates: 0 });
 
-    let metrics = hub
-        .http
-        .get(hub.url("/metrics"))
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
+    let metrics = hub.http.get(hub.url("/metrics")).send().await.expect("send").text().await.expect("text");
     for line in [
         "sync_push_requests_total{result=\"ok\"} 4",
         "sync_changes_applied_total 7",
@@ -170,14 +122,7 @@ async fn concurrent_pushes_store_each_change_once() {
     statuses.sort();
     assert_eq!(
         statuses,
-        [
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::OK,
-            StatusCode::CONFLICT
-        ]
+        [StatusCode::OK, StatusCode::OK, StatusCode::OK, StatusCode::OK, StatusCode::OK, StatusCode::CONFLICT]
     );
     assert_eq!(applied, 20);
     assert_eq!(count(&hub, "changes").await, 20);

@@ -21,13 +21,7 @@ async fn setup() -> (TestHub, TestDevice, String) {
 
 /// Sends `body` with `headers`, expects `status` and `code`, and checks that
 /// nothing was stored.
-async fn refused(
-    hub: &TestHub,
-    headers: &SignedHeaders,
-    body: Vec<u8>,
-    status: StatusCode,
-    code: &str,
-) {
+async fn refused(hub: &TestHub, headers: &SignedHeaders, body: Vec<u8>, status: StatusCode, code: &str) {
     let before = (count(hub, "changes").await, count(hub, "sync_nonces").await);
     let (got, err) = sync_error(post_push(hub, headers, body).await).await;
     assert_eq!((got, err.code.as_str()), (status, code), "{}", err.message);
@@ -37,15 +31,7 @@ async fn refused(
 }
 
 fn signed_at(device: &TestDevice, body: &[u8], timestamp: i64) -> SignedHeaders {
-    sign(
-        &device.key,
-        device.id,
-        "POST",
-        PUSH_PATH,
-        body,
-        timestamp,
-        rand::random(),
-    )
+    sign(&device.key, device.id, "POST", PUSH_PATH, body, timestamp, rand::random())
 }
 
 #[tokio::test]
@@ -57,90 +43,30 @@ async fn forged_tampered_and_stale_requests() {
 
     // Signed by another key, under this device's id.
     let forger = TestDevice::new();
-    let forged = sign(
-        &forger.key,
-        device.id,
-        "POST",
-        PUSH_PATH,
-        &body,
-        now,
-        rand::random(),
-    );
-    refused(
-        &hub,
-        &forged,
-        body.clone(),
-        StatusCode::UNAUTHORIZED,
-        codes::BAD_SIGNATURE,
-    )
-    .await;
+    let forged = sign(&forger.key, device.id, "POST", PUSH_PATH, &body, now, rand::random());
+    refused(&hub, &forged, body.clone(), StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE).await;
 
     // One byte of the body changed after signing.
     let headers = device.sign(&body);
     let mut tampered = body.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    refused(
-        &hub,
-        &headers,
-        tampered,
-        StatusCode::UNAUTHORIZED,
-        codes::BAD_SIGNATURE,
-    )
-    .await;
+    refused(&hub, &headers, tampered, StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE).await;
 
     // Signed for another path.
-    let other_path = sign(
-        &device.key,
-        device.id,
-        "POST",
-        "/api/v1/sync/pull",
-        &body,
-        now,
-        rand::random(),
-    );
-    refused(
-        &hub,
-        &other_path,
-        body.clone(),
-        StatusCode::UNAUTHORIZED,
-        codes::BAD_SIGNATURE,
-    )
-    .await;
+    let other_path = sign(&device.key, device.id, "POST", "/api/v1/sync/pull", &body, now, rand::random());
+    refused(&hub, &other_path, body.clone(), StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE).await;
 
     let stale = signed_at(&device, &body, now - skew - 60);
-    refused(
-        &hub,
-        &stale,
-        body.clone(),
-        StatusCode::UNAUTHORIZED,
-        codes::STALE_TIMESTAMP,
-    )
-    .await;
+    refused(&hub, &stale, body.clone(), StatusCode::UNAUTHORIZED, codes::STALE_TIMESTAMP).await;
     let future = signed_at(&device, &body, now + skew + 60);
-    refused(
-        &hub,
-        &future,
-        body.clone(),
-        StatusCode::UNAUTHORIZED,
-        codes::FUTURE_TIMESTAMP,
-    )
-    .await;
+    refused(&hub, &future, body.clone(), StatusCode::UNAUTHORIZED, codes::FUTURE_TIMESTAMP).await;
 
     // No signature headers at all.
     let before = count(&hub, "changes").await;
-    let resp = hub
-        .http
-        .post(hub.url(PUSH_PATH))
-        .body(body.clone())
-        .send()
-        .await
-        .expect("send");
+    let resp = hub.http.post(hub.url(PUSH_PATH)).body(body.clone()).send().await.expect("send");
     let (status, err) = sync_error(resp).await;
-    assert_eq!(
-        (status, err.code.as_str()),
-        (StatusCode::UNAUTHORIZED, codes::MISSING_HEADER)
-    );
+    assert_eq!((status, err.code.as_str()), (StatusCode::UNAUTHORIZED, codes::MISSING_HEADER));
     assert_eq!(count(&hub, "changes").await, before);
 
     // After all that, the honest request still goes through.
@@ -154,38 +80,13 @@ async fn a_replayed_request_is_refused_even_when_new_to_the_log() {
     let (hub, device, _) = setup().await;
     let body = device.push_body(patient_changes(&device, 2, 1), 0);
     let headers = device.sign(&body);
-    assert_eq!(
-        post_push(&hub, &headers, body.clone()).await.status(),
-        StatusCode::OK
-    );
-    refused(
-        &hub,
-        &headers,
-        body,
-        StatusCode::CONFLICT,
-        codes::REPLAYED_REQUEST,
-    )
-    .await;
+    assert_eq!(post_push(&hub, &headers, body.clone()).await.status(), StatusCode::OK);
+    refused(&hub, &headers, body, StatusCode::CONFLICT, codes::REPLAYED_REQUEST).await;
 
     // Same nonce, new body, fresh signature: still the nonce is spent.
     let other = device.push_body(patient_changes(&device, 3, 1), 0);
-    let reused = sign(
-        &device.key,
-        device.id,
-        "POST",
-        PUSH_PATH,
-        &other,
-        headers.timestamp,
-        headers.nonce,
-    );
-    refused(
-        &hub,
-        &reused,
-        other,
-        StatusCode::CONFLICT,
-        codes::REPLAYED_REQUEST,
-    )
-    .await;
+    let reused = sign(&device.key, device.id, "POST", PUSH_PATH, &other, headers.timestamp, headers.nonce);
+    refused(&hub, &reused, other, StatusCode::CONFLICT, codes::REPLAYED_REQUEST).await;
 }
 
 #[tokio::test]
@@ -193,14 +94,7 @@ async fn unknown_and_revoked_devices() {
     let (hub, device, admin) = setup().await;
     let stranger = TestDevice::new();
     let body = stranger.push_body(patient_changes(&stranger, 1, 1), 0);
-    refused(
-        &hub,
-        &stranger.sign(&body),
-        body,
-        StatusCode::UNAUTHORIZED,
-        codes::UNKNOWN_DEVICE,
-    )
-    .await;
+    refused(&hub, &stranger.sign(&body), body, StatusCode::UNAUTHORIZED, codes::UNKNOWN_DEVICE).await;
 
     let resp = hub
         .http
@@ -211,14 +105,7 @@ async fn unknown_and_revoked_devices() {
         .expect("send");
     assert_eq!(resp.status(), StatusCode::OK);
     let body = device.push_body(patient_changes(&device, 2, 1), 0);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::FORBIDDEN,
-        codes::REVOKED_DEVICE,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::FORBIDDEN, codes::REVOKED_DEVICE).await;
 }
 
 #[tokio::test]
@@ -227,14 +114,7 @@ async fn a_body_naming_another_device() {
     let (other, _) = TestDevice::enrolled(&hub, &admin, "BKO").await;
     // The other device's request, signed by this one.
     let body = other.push_body(patient_changes(&other, 1, 1), 0);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::FORBIDDEN,
-        hub::sync::DEVICE_MISMATCH,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::FORBIDDEN, hub::sync::DEVICE_MISMATCH).await;
 }
 
 #[tokio::test]
@@ -242,58 +122,26 @@ async fn garbage_changes_refuse_the_whole_batch() {
     let (hub, device, _) = setup().await;
     let mut batch = patient_changes(&device, 2, 2);
     let patient = batch[0].patient_id;
-    batch.push(OutboxChange {
-        seq: 4,
-        patient_id: patient,
-        change: b"not an automerge change".to_vec(),
-    });
+    batch.push(OutboxChange { seq: 4, patient_id: patient, change: b"not an automerge change".to_vec() });
     let body = device.push_body(batch.clone(), 0);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        codes::INVALID_CHANGE,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::UNPROCESSABLE_ENTITY, codes::INVALID_CHANGE).await;
 
     // A real change with one byte flipped fails its checksum.
     let mut corrupt = batch[..2].to_vec();
     let mid = corrupt[1].change.len() / 2;
     corrupt[1].change[mid] ^= 0x55;
     let body = device.push_body(corrupt, 0);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        codes::INVALID_CHANGE,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::UNPROCESSABLE_ENTITY, codes::INVALID_CHANGE).await;
 
     // Not ascending.
     let mut swapped = batch[..2].to_vec();
     swapped.swap(0, 1);
     let body = device.push_body(swapped, 0);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        codes::OUT_OF_ORDER,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::UNPROCESSABLE_ENTITY, codes::OUT_OF_ORDER).await;
 
     // Not a push request at all.
     let body = b"\x28\xb5\x2f\xfd garbage".to_vec();
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::BAD_REQUEST,
-        codes::MALFORMED_BODY,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::BAD_REQUEST, codes::MALFORMED_BODY).await;
 }
 
 #[tokio::test]
@@ -303,30 +151,13 @@ async fn oversize_bodies_are_413() {
 
     // Too large as sent (random bytes do not compress).
     let body: Vec<u8> = (0..=limit).map(|_| rand::random::<u8>()).collect();
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        codes::BODY_TOO_LARGE,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE).await;
 
     // Small as sent, but it inflates past the limit (a zip bomb).
     let patient = santerurale_shared::PatientId::new();
-    let bomb = OutboxChange {
-        seq: 2,
-        patient_id: patient,
-        change: vec![0; limit * hub::sync::push::INFLATE_FACTOR + 1],
-    };
+    let bomb =
+        OutboxChange { seq: 2, patient_id: patient, change: vec![0; limit * hub::sync::push::INFLATE_FACTOR + 1] };
     let body = device.push_body(vec![bomb], 0);
     assert!(body.len() < limit);
-    refused(
-        &hub,
-        &device.sign(&body),
-        body,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        codes::BODY_TOO_LARGE,
-    )
-    .await;
+    refused(&hub, &device.sign(&body), body, StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE).await;
 }

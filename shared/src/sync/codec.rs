@@ -100,10 +100,7 @@ pub fn encode_push_response(resp: &PushResponse) -> Result<Vec<u8>, CodecError> 
 }
 
 /// Decode a push response body.
-pub fn decode_push_response(
-    body: &[u8],
-    max_decompressed: usize,
-) -> Result<PushResponse, CodecError> {
+pub fn decode_push_response(body: &[u8], max_decompressed: usize) -> Result<PushResponse, CodecError> {
     decode(&decompress(body, max_decompressed)?, "push response")
 }
 
@@ -127,63 +124,41 @@ pub fn encode_pull_response(resp: &PullResponse) -> Result<Vec<u8>, CodecError> 
 /// Decode a pull response body, inflating to at most `max_decompressed`
 /// bytes (the edge sizes this from the `max_bytes` it asked for, plus room
 /// for one oversized change).
-pub fn decode_pull_response(
-    body: &[u8],
-    max_decompressed: usize,
-) -> Result<PullResponse, CodecError> {
+pub fn decode_pull_response(body: &[u8], max_decompressed: usize) -> Result<PullResponse, CodecError> {
     decode(&decompress(body, max_decompressed)?, "pull response")
 }
 
 fn encode<T: Serialize>(msg: &T, message: &'static str) -> Result<Vec<u8>, CodecError> {
-    let raw =
-        postcard::to_allocvec(msg).map_err(|source| CodecError::Serialize { message, source })?;
+    let raw = postcard::to_allocvec(msg).map_err(|source| CodecError::Serialize { message, source })?;
     zstd::bulk::compress(&raw, COMPRESSION_LEVEL).map_err(CodecError::Compress)
 }
 
 fn decode<T: DeserializeOwned>(raw: &[u8], message: &'static str) -> Result<T, CodecError> {
-    let (msg, rest) = postcard::take_from_bytes(raw)
-        .map_err(|source| CodecError::Deserialize { message, source })?;
-    if rest.is_empty() {
-        Ok(msg)
-    } else {
-        Err(CodecError::TrailingBytes {
-            message,
-            extra: rest.len(),
-        })
-    }
+    let (msg, rest) = postcard::take_from_bytes(raw).map_err(|source| CodecError::Deserialize { message, source })?;
+    if rest.is_empty() { Ok(msg) } else { Err(CodecError::TrailingBytes { message, extra: rest.len() }) }
 }
 
 /// Requests begin with their `u16` protocol version; read it alone first, so
 /// a newer edge talking to an older hub gets "unsupported protocol" rather
 /// than "malformed body".
 fn check_protocol(raw: &[u8], message: &'static str) -> Result<(), CodecError> {
-    let (found, _) = postcard::take_from_bytes::<u16>(raw)
-        .map_err(|source| CodecError::Deserialize { message, source })?;
+    let (found, _) =
+        postcard::take_from_bytes::<u16>(raw).map_err(|source| CodecError::Deserialize { message, source })?;
     if found == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(CodecError::UnsupportedProtocol {
-            found,
-            supported: PROTOCOL_VERSION,
-        })
+        Err(CodecError::UnsupportedProtocol { found, supported: PROTOCOL_VERSION })
     }
 }
 
 /// Inflate `body`, refusing it once it passes `limit` bytes.
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(body)
-        .map_err(CodecError::Decompress)?
-        .single_frame();
-    decoder
-        .window_log_max(MAX_WINDOW_LOG)
-        .map_err(CodecError::Decompress)?;
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(CodecError::Decompress)?.single_frame();
+    decoder.window_log_max(MAX_WINDOW_LOG).map_err(CodecError::Decompress)?;
     let mut out = Vec::new();
     // One byte past the limit tells "exactly at the limit" from "over it".
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    decoder
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(CodecError::Decompress)?;
+    decoder.take(cap).read_to_end(&mut out).map_err(CodecError::Decompress)?;
     if out.len() > limit {
         return Err(CodecError::TooLarge { limit });
     }
@@ -236,30 +211,18 @@ mod tests {
 
     #[test]
     fn push_response_and_pull_round_trip() {
-        let resp = PushResponse {
-            acked_through: u64::MAX,
-            applied: 3,
-            duplicates: 0,
-        };
+        let resp = PushResponse { acked_through: u64::MAX, applied: 3, duplicates: 0 };
         let body = encode_push_response(&resp).expect("encode");
         assert_eq!(decode_push_response(&body, 1024).expect("decode"), resp);
 
-        let req = PullRequest {
-            protocol: PROTOCOL_VERSION,
-            device_id: DeviceId::new(),
-            cursor: 42,
-            max_bytes: 256 * 1024,
-        };
+        let req =
+            PullRequest { protocol: PROTOCOL_VERSION, device_id: DeviceId::new(), cursor: 42, max_bytes: 256 * 1024 };
         let body = encode_pull(&req).expect("encode");
         assert_eq!(decode_pull(&body, 1024).expect("decode"), req);
 
         let page = PullResponse {
             changes: (0..5)
-                .map(|i| HubChange {
-                    hub_seq: 1000 + i,
-                    patient_id: PatientId::new(),
-                    change: noise(i, 300),
-                })
+                .map(|i| HubChange { hub_seq: 1000 + i, patient_id: PatientId::new(), change: noise(i, 300) })
                 .collect(),
             next_cursor: 1010,
             more: true,
@@ -278,11 +241,7 @@ mod tests {
             c.change.clear();
         }
         let raw = postcard::to_allocvec(&req).expect("encode");
-        assert!(
-            raw.len() <= 1 + 17 + 1 + 100 * (2 + 17 + 1) + 1,
-            "{}",
-            raw.len()
-        );
+        assert!(raw.len() <= 1 + 17 + 1 + 100 * (2 + 17 + 1) + 1, "{}", raw.len());
     }
 
     #[test]
@@ -299,10 +258,7 @@ mod tests {
         let body = encode_push(&req).expect("encode");
         let raw_len = postcard::to_allocvec(&req).expect("encode").len();
         assert_eq!(decode_push(&body, raw_len).expect("decode"), req);
-        assert!(matches!(
-            decode_push(&body, raw_len - 1),
-            Err(CodecError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_push(&body, raw_len - 1), Err(CodecError::TooLarge { .. })));
     }
 
     #[test]
@@ -319,10 +275,7 @@ mod tests {
 
     #[test]
     fn garbage_truncation_and_trailing_bytes_are_refused() {
-        assert!(matches!(
-            decode_push(b"not zstd at all", 1 << 20),
-            Err(CodecError::Decompress(_))
-        ));
+        assert!(matches!(decode_push(b"not zstd at all", 1 << 20), Err(CodecError::Decompress(_))));
 
         let body = encode_push(&push_request(5, 5)).expect("encode");
         assert!(decode_push(&body[..body.len() / 2], 1 << 20).is_err());
@@ -330,10 +283,7 @@ mod tests {
         let mut raw = postcard::to_allocvec(&push_request(1, 6)).expect("encode");
         raw.push(0);
         let body = zstd::bulk::compress(&raw, 3).expect("compress");
-        assert!(matches!(
-            decode_push(&body, 1 << 20),
-            Err(CodecError::TrailingBytes { extra: 1, .. })
-        ));
+        assert!(matches!(decode_push(&body, 1 << 20), Err(CodecError::TrailingBytes { extra: 1, .. })));
 
         // A pull request body is not a push request.
         let pull = encode_pull(&PullRequest {

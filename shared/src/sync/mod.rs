@@ -89,11 +89,10 @@ pub use codec::{
     encode_pull_response, encode_push, encode_push_response,
 };
 pub use push::{
-    Batch, BatchPolicy, Next, NotAscending, Pending, PushConfig, PushOutcome, PushPlanner,
-    StopReason, page_len,
+    Batch, BatchPolicy, Next, NotAscending, Pending, PushConfig, PushOutcome, PushPlanner, StopReason, page_len,
 };
 pub use signing::{SignatureError, SignedHeaders, SigningKey, VerifyingKey, sign, verify};
 pub use wire::{
-    ErrorBody, HubChange, OutboxChange, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullRequest,
-    PullResponse, PushRequest, PushResponse,
+    ErrorBody, HubChange, OutboxChange, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushRequest,
+    PushResponse,
 };

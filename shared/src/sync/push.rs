@@ -55,14 +55,8 @@ pub struct PushConfig {
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
-            ceiling: BatchPolicy {
-                max_changes: 2_000,
-                max_bytes: 1024 * 1024,
-            },
-            floor: BatchPolicy {
-                max_changes: 8,
-                max_bytes: 8 * 1024,
-            },
+            ceiling: BatchPolicy { max_changes: 2_000, max_bytes: 1024 * 1024 },
+            floor: BatchPolicy { max_changes: 8, max_bytes: 8 * 1024 },
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(15 * 60),
         }
@@ -165,10 +159,7 @@ impl PushPlanner {
     pub fn new(config: PushConfig) -> Self {
         let mut config = config;
         // A floor above the ceiling would make the bounds contradict.
-        config.floor.max_changes = config
-            .floor
-            .max_changes
-            .clamp(1, config.ceiling.max_changes.max(1));
+        config.floor.max_changes = config.floor.max_changes.clamp(1, config.ceiling.max_changes.max(1));
         config.floor.max_bytes = config.floor.max_bytes.min(config.ceiling.max_bytes);
         config.ceiling.max_changes = config.ceiling.max_changes.max(1);
         Self {
@@ -237,12 +228,7 @@ impl PushPlanner {
             count += 1;
             bytes = total;
         }
-        Ok(Some(Batch {
-            first_seq: first.seq,
-            last_seq: pending[count - 1].seq,
-            count,
-            bytes,
-        }))
+        Ok(Some(Batch { first_seq: first.seq, last_seq: pending[count - 1].seq, count, bytes }))
     }
 
     /// Take the outcome of sending `batch`. `jitter` in `[0, 1)` spreads the
@@ -256,9 +242,7 @@ impl PushPlanner {
                 if through >= batch.last_seq {
                     self.grow();
                 }
-                Next::MarkSentThrough {
-                    seq: through.min(batch.last_seq),
-                }
+                Next::MarkSentThrough { seq: through.min(batch.last_seq) }
             }
             // An ack below the batch means the hub stored none of it while
             // claiming success: treat as a failure so the edge does not spin.
@@ -274,17 +258,13 @@ impl PushPlanner {
             }
             PushOutcome::TooLarge => {
                 if batch.count <= 1 {
-                    let reason = StopReason::ChangeTooLarge {
-                        seq: batch.first_seq,
-                    };
+                    let reason = StopReason::ChangeTooLarge { seq: batch.first_seq };
                     self.stopped = Some(reason);
                     return Next::Stop(reason);
                 }
                 self.hub_limit_bytes = self.hub_limit_bytes.min(batch.bytes.saturating_sub(1));
-                self.current = BatchPolicy {
-                    max_changes: halve_u32(batch.count, 1),
-                    max_bytes: (batch.bytes / 2).max(1),
-                };
+                self.current =
+                    BatchPolicy { max_changes: halve_u32(batch.count, 1), max_bytes: (batch.bytes / 2).max(1) };
                 self.delay = Duration::ZERO;
                 Next::Retry
             }
@@ -308,10 +288,7 @@ impl PushPlanner {
     fn capped(&self, p: BatchPolicy) -> BatchPolicy {
         BatchPolicy {
             max_changes: p.max_changes.clamp(1, self.config.ceiling.max_changes),
-            max_bytes: p
-                .max_bytes
-                .min(self.config.ceiling.max_bytes)
-                .min(self.hub_limit_bytes),
+            max_bytes: p.max_bytes.min(self.config.ceiling.max_bytes).min(self.hub_limit_bytes),
         }
     }
 
@@ -319,16 +296,8 @@ impl PushPlanner {
     /// half random, so no retry comes sooner than half the step.
     fn backoff(&self, jitter: f64) -> Duration {
         let exp = self.failures.saturating_sub(1).min(30);
-        let step = self
-            .config
-            .base_delay
-            .saturating_mul(1 << exp)
-            .min(self.config.max_delay);
-        let jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let step = self.config.base_delay.saturating_mul(1 << exp).min(self.config.max_delay);
+        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
         step / 2 + (step / 2).mul_f64(jitter)
     }
 }
@@ -340,10 +309,7 @@ impl Default for PushPlanner {
 }
 
 fn halve_u32(count: usize, floor: u32) -> u32 {
-    u32::try_from(count / 2)
-        .unwrap_or(u32::MAX)
-        .max(floor)
-        .max(1)
+    u32::try_from(count / 2).unwrap_or(u32::MAX).max(floor).max(1)
 }
 
 /// Hub side of the same rule for pull pages: how many of the log entries

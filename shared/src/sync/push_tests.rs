@@ -3,35 +3,20 @@ use std::time::Duration;
 use super::*;
 
 fn pending(sizes: &[u64]) -> Vec<Pending> {
-    sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &size)| Pending {
-            seq: 10 + 3 * i as u64,
-            size,
-        })
-        .collect()
+    sizes.iter().enumerate().map(|(i, &size)| Pending { seq: 10 + 3 * i as u64, size }).collect()
 }
 
 fn config(max_changes: u32, max_bytes: u64) -> PushConfig {
     PushConfig {
-        ceiling: BatchPolicy {
-            max_changes,
-            max_bytes,
-        },
-        floor: BatchPolicy {
-            max_changes: 2,
-            max_bytes: 100,
-        },
+        ceiling: BatchPolicy { max_changes, max_bytes },
+        floor: BatchPolicy { max_changes: 2, max_bytes: 100 },
         base_delay: Duration::from_secs(1),
         max_delay: Duration::from_secs(60),
     }
 }
 
 fn plan(p: &PushPlanner, pending: &[Pending]) -> Batch {
-    p.plan(pending)
-        .expect("ascending")
-        .expect("something to send")
+    p.plan(pending).expect("ascending").expect("something to send")
 }
 
 /// xorshift64: deterministic, no RNG crate.
@@ -96,20 +81,11 @@ fn ack_marks_through_the_batch_at_most() {
     assert_eq!(b.last_seq, 13);
     // The hub may know later seqs (from a response that was lost); the edge
     // still marks only what this batch carried.
-    assert_eq!(
-        p.record(&b, PushOutcome::Acked { through: 99 }, 0.0),
-        Next::MarkSentThrough { seq: 13 }
-    );
+    assert_eq!(p.record(&b, PushOutcome::Acked { through: 99 }, 0.0), Next::MarkSentThrough { seq: 13 });
     // A partial ack marks the part.
-    assert_eq!(
-        p.record(&b, PushOutcome::Acked { through: 10 }, 0.0),
-        Next::MarkSentThrough { seq: 10 }
-    );
+    assert_eq!(p.record(&b, PushOutcome::Acked { through: 10 }, 0.0), Next::MarkSentThrough { seq: 10 });
     // An ack below the batch is a failure, not progress.
-    assert_eq!(
-        p.record(&b, PushOutcome::Acked { through: 9 }, 0.0),
-        Next::Retry
-    );
+    assert_eq!(p.record(&b, PushOutcome::Acked { through: 9 }, 0.0), Next::Retry);
     assert!(p.next_delay() > Duration::ZERO);
 }
 
@@ -131,25 +107,12 @@ fn failures_shrink_to_the_floor_and_success_grows_back() {
     for _ in 0..20 {
         let b = plan(&p, &all);
         grown.push(b.count);
-        assert!(matches!(
-            p.record(
-                &b,
-                PushOutcome::Acked {
-                    through: b.last_seq
-                },
-                0.5
-            ),
-            Next::MarkSentThrough { .. }
-        ));
+        assert!(matches!(p.record(&b, PushOutcome::Acked { through: b.last_seq }, 0.5), Next::MarkSentThrough { .. }));
         assert_eq!(p.next_delay(), Duration::ZERO);
     }
     assert!(grown.windows(2).all(|w| w[1] >= w[0]), "{grown:?}");
     assert!(grown[1] < 2 * grown[0], "gradual: {grown:?}");
-    assert_eq!(
-        *grown.last().expect("some"),
-        64,
-        "back at the ceiling: {grown:?}"
-    );
+    assert_eq!(*grown.last().expect("some"), 64, "back at the ceiling: {grown:?}");
     assert_eq!(p.policy(), config(64, 64_000).ceiling);
 }
 
@@ -180,9 +143,7 @@ fn backoff_doubles_jitters_and_is_capped() {
     for j in [f64::NAN, -3.0, 7.0, f64::INFINITY] {
         let mut d = a.clone();
         d.record(&b, PushOutcome::Retryable, j);
-        assert!(
-            d.next_delay() >= Duration::from_secs(16) && d.next_delay() <= Duration::from_secs(32)
-        );
+        assert!(d.next_delay() >= Duration::from_secs(16) && d.next_delay() <= Duration::from_secs(32));
     }
 }
 
@@ -200,13 +161,7 @@ fn too_large_halves_at_once_and_is_remembered() {
     for _ in 0..20 {
         let b = plan(&p, &all);
         assert!(b.bytes < 10_000);
-        p.record(
-            &b,
-            PushOutcome::Acked {
-                through: b.last_seq,
-            },
-            0.0,
-        );
+        p.record(&b, PushOutcome::Acked { through: b.last_seq }, 0.0);
     }
     assert_eq!(p.policy().max_bytes, 9_999);
     p.reset();
@@ -218,10 +173,7 @@ fn a_single_change_too_large_stops() {
     let mut p = PushPlanner::new(config(10, 1000));
     let all = pending(&[5000, 1]);
     let b = plan(&p, &all);
-    assert_eq!(
-        p.record(&b, PushOutcome::TooLarge, 0.0),
-        Next::Stop(StopReason::ChangeTooLarge { seq: 10 })
-    );
+    assert_eq!(p.record(&b, PushOutcome::TooLarge, 0.0), Next::Stop(StopReason::ChangeTooLarge { seq: 10 }));
     assert_eq!(p.plan(&all), Ok(None));
 }
 
@@ -230,10 +182,7 @@ fn permanent_failure_stops_until_reset() {
     let mut p = PushPlanner::new(config(10, 1000));
     let all = pending(&[1, 2, 3]);
     let b = plan(&p, &all);
-    assert_eq!(
-        p.record(&b, PushOutcome::Permanent, 0.0),
-        Next::Stop(StopReason::Permanent)
-    );
+    assert_eq!(p.record(&b, PushOutcome::Permanent, 0.0), Next::Stop(StopReason::Permanent));
     assert_eq!(p.stopped(), Some(StopReason::Permanent));
     assert_eq!(p.plan(&all), Ok(None));
     p.reset();
@@ -272,16 +221,10 @@ fn seeded_simulation_delivers_everything_in_order() {
     let mut seen = [0u32; 3]; // acked, too large, retryable
     for seed in 1..=300u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let ceiling = BatchPolicy {
-            max_changes: 1 + rng.below(50) as u32,
-            max_bytes: 1 + rng.below(5_000),
-        };
+        let ceiling = BatchPolicy { max_changes: 1 + rng.below(50) as u32, max_bytes: 1 + rng.below(5_000) };
         let cfg = PushConfig {
             ceiling,
-            floor: BatchPolicy {
-                max_changes: 1 + rng.below(4) as u32,
-                max_bytes: 1 + rng.below(500),
-            },
+            floor: BatchPolicy { max_changes: 1 + rng.below(4) as u32, max_bytes: 1 + rng.below(500) },
             base_delay: Duration::from_millis(1 + rng.below(2000)),
             max_delay: Duration::from_secs(1 + rng.below(600)),
         };
@@ -297,15 +240,8 @@ fn seeded_simulation_delivers_everything_in_order() {
             // The clinic keeps working: new changes join the outbox.
             for _ in 0..rng.below(4) {
                 // Mostly small; now and then one bigger than a batch budget.
-                let size = if rng.below(50) == 0 {
-                    6_000
-                } else {
-                    1 + rng.below(600)
-                };
-                outbox.push(Pending {
-                    seq: next_seq,
-                    size,
-                });
+                let size = if rng.below(50) == 0 { 6_000 } else { 1 + rng.below(600) };
+                outbox.push(Pending { seq: next_seq, size });
                 made.push(next_seq);
                 next_seq += 1 + rng.below(2); // gaps in seq are allowed
             }
@@ -318,16 +254,10 @@ fn seeded_simulation_delivers_everything_in_order() {
             // Prefix, budgets.
             assert_eq!(b.first_seq, outbox[0].seq, "seed {seed}");
             assert_eq!(b.last_seq, outbox[b.count - 1].seq, "seed {seed}");
-            assert_eq!(
-                b.bytes,
-                outbox[..b.count].iter().map(|e| e.size).sum::<u64>()
-            );
+            assert_eq!(b.bytes, outbox[..b.count].iter().map(|e| e.size).sum::<u64>());
             let pol = p.policy();
             assert!(b.count <= pol.max_changes as usize, "seed {seed}");
-            assert!(
-                b.bytes <= pol.max_bytes || b.count == 1,
-                "seed {seed}: {b:?} {pol:?}"
-            );
+            assert!(b.bytes <= pol.max_bytes || b.count == 1, "seed {seed}: {b:?} {pol:?}");
 
             let outcome = if b.bytes > hub_limit && b.count > 1 {
                 PushOutcome::TooLarge
@@ -335,9 +265,7 @@ fn seeded_simulation_delivers_everything_in_order() {
                 // The sim hub accepts a lone oversized change (its real limit
                 // is set above the largest change the edge can make).
                 store(&mut hub, &outbox[..b.count]);
-                PushOutcome::Acked {
-                    through: b.last_seq,
-                }
+                PushOutcome::Acked { through: b.last_seq }
             } else {
                 match rng.below(10) {
                     // Lost before the hub.
@@ -349,9 +277,7 @@ fn seeded_simulation_delivers_everything_in_order() {
                     }
                     _ => {
                         store(&mut hub, &outbox[..b.count]);
-                        PushOutcome::Acked {
-                            through: b.last_seq,
-                        }
+                        PushOutcome::Acked { through: b.last_seq }
                     }
                 }
             };
@@ -376,9 +302,7 @@ fn seeded_simulation_delivers_everything_in_order() {
                 PushOutcome::TooLarge
             } else {
                 store(&mut hub, &outbox[..b.count]);
-                PushOutcome::Acked {
-                    through: b.last_seq,
-                }
+                PushOutcome::Acked { through: b.last_seq }
             };
             if let Next::MarkSentThrough { seq } = p.record(&b, outcome, 0.5) {
                 outbox.retain(|e| e.seq > seq);
@@ -394,10 +318,7 @@ fn seeded_simulation_delivers_everything_in_order() {
 fn store(hub: &mut Vec<u64>, batch: &[Pending]) {
     for e in batch {
         if !hub.contains(&e.seq) {
-            assert!(
-                hub.last().is_none_or(|&l| l < e.seq),
-                "hub sees seqs in order"
-            );
+            assert!(hub.last().is_none_or(|&l| l < e.seq), "hub sees seqs in order");
             hub.push(e.seq);
         }
     }

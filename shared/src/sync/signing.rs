@@ -69,24 +69,13 @@ pub enum SignatureError {
     #[error("header {0} is missing")]
     MissingHeader(&'static str),
     #[error("header {header} is malformed: {reason}")]
-    MalformedHeader {
-        header: &'static str,
-        reason: &'static str,
-    },
+    MalformedHeader { header: &'static str, reason: &'static str },
     #[error("signature does not match the request")]
     BadSignature(#[source] ed25519_dalek::SignatureError),
     #[error("request timestamp {timestamp} is more than {max_skew_secs} s before now ({now})")]
-    Stale {
-        timestamp: i64,
-        now: i64,
-        max_skew_secs: u64,
-    },
+    Stale { timestamp: i64, now: i64, max_skew_secs: u64 },
     #[error("request timestamp {timestamp} is more than {max_skew_secs} s after now ({now})")]
-    FromTheFuture {
-        timestamp: i64,
-        now: i64,
-        max_skew_secs: u64,
-    },
+    FromTheFuture { timestamp: i64, now: i64, max_skew_secs: u64 },
 }
 
 impl SignatureError {
@@ -127,11 +116,8 @@ pub fn signed_message(
         // Writing to a String cannot fail.
         let _ = write!(hex, "{b:02x}");
     }
-    format!(
-        "{DOMAIN}\n{device_id}\n{method}\n{path}\n{timestamp}\n{}\n{hex}",
-        URL_SAFE_NO_PAD.encode(nonce)
-    )
-    .into_bytes()
+    format!("{DOMAIN}\n{device_id}\n{method}\n{path}\n{timestamp}\n{}\n{hex}", URL_SAFE_NO_PAD.encode(nonce))
+        .into_bytes()
 }
 
 /// Sign a request. `path` includes the query string, if any, exactly as
@@ -147,12 +133,7 @@ pub fn sign(
     nonce: [u8; NONCE_LEN],
 ) -> SignedHeaders {
     let msg = signed_message(device_id, method, path, timestamp, &nonce, body);
-    SignedHeaders {
-        device_id,
-        timestamp,
-        nonce,
-        signature: key.sign(&msg),
-    }
+    SignedHeaders { device_id, timestamp, nonce, signature: key.sign(&msg) }
 }
 
 /// Check a request's signature and timestamp against the device's key.
@@ -172,29 +153,13 @@ pub fn verify(
 ) -> Result<(), SignatureError> {
     let skew = i64::try_from(max_skew_secs).unwrap_or(i64::MAX);
     if headers.timestamp < now.saturating_sub(skew) {
-        return Err(SignatureError::Stale {
-            timestamp: headers.timestamp,
-            now,
-            max_skew_secs,
-        });
+        return Err(SignatureError::Stale { timestamp: headers.timestamp, now, max_skew_secs });
     }
     if headers.timestamp > now.saturating_add(skew) {
-        return Err(SignatureError::FromTheFuture {
-            timestamp: headers.timestamp,
-            now,
-            max_skew_secs,
-        });
+        return Err(SignatureError::FromTheFuture { timestamp: headers.timestamp, now, max_skew_secs });
     }
-    let msg = signed_message(
-        headers.device_id,
-        method,
-        path,
-        headers.timestamp,
-        &headers.nonce,
-        body,
-    );
-    key.verify_strict(&msg, &headers.signature)
-        .map_err(SignatureError::BadSignature)
+    let msg = signed_message(headers.device_id, method, path, headers.timestamp, &headers.nonce, body);
+    key.verify_strict(&msg, &headers.signature).map_err(SignatureError::BadSignature)
 }
 
 impl SignedHeaders {
@@ -205,24 +170,17 @@ impl SignedHeaders {
             (HEADER_DEVICE, self.device_id.to_string()),
             (HEADER_TIMESTAMP, self.timestamp.to_string()),
             (HEADER_NONCE, URL_SAFE_NO_PAD.encode(self.nonce)),
-            (
-                HEADER_SIGNATURE,
-                URL_SAFE_NO_PAD.encode(self.signature.to_bytes()),
-            ),
+            (HEADER_SIGNATURE, URL_SAFE_NO_PAD.encode(self.signature.to_bytes())),
         ]
     }
 
     /// Read the headers through `get` (for axum:
     /// `|name| headers.get(name).and_then(|v| v.to_str().ok())`).
-    pub fn from_headers<'a>(
-        get: impl Fn(&'static str) -> Option<&'a str>,
-    ) -> Result<Self, SignatureError> {
+    pub fn from_headers<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Result<Self, SignatureError> {
         let field = |name| get(name).ok_or(SignatureError::MissingHeader(name));
         let malformed = |header, reason| SignatureError::MalformedHeader { header, reason };
 
-        let device_id = field(HEADER_DEVICE)?
-            .parse()
-            .map_err(|_| malformed(HEADER_DEVICE, "not a UUID"))?;
+        let device_id = field(HEADER_DEVICE)?.parse().map_err(|_| malformed(HEADER_DEVICE, "not a UUID"))?;
         let timestamp = field(HEADER_TIMESTAMP)?
             .parse()
             .map_err(|_| malformed(HEADER_TIMESTAMP, "not an integer number of seconds"))?;
@@ -230,12 +188,7 @@ impl SignedHeaders {
             .ok_or_else(|| malformed(HEADER_NONCE, "not 16 bytes of base64url"))?;
         let signature = decode_fixed::<64>(field(HEADER_SIGNATURE)?)
             .ok_or_else(|| malformed(HEADER_SIGNATURE, "not 64 bytes of base64url"))?;
-        Ok(Self {
-            device_id,
-            timestamp,
-            nonce,
-            signature: Signature::from_bytes(&signature),
-        })
+        Ok(Self { device_id, timestamp, nonce, signature: Signature::from_bytes(&signature) })
     }
 }
 
@@ -261,25 +214,11 @@ mod tests {
 
     fn signed(body: &[u8]) -> (SigningKey, SignedHeaders) {
         let k = key(7);
-        let h = sign(
-            &k,
-            DeviceId::new(),
-            "POST",
-            "/api/v1/sync/push",
-            body,
-            NOW,
-            [3; 16],
-        );
+        let h = sign(&k, DeviceId::new(), "POST", "/api/v1/sync/push", body, NOW, [3; 16]);
         (k, h)
     }
 
-    fn check(
-        k: &SigningKey,
-        h: &SignedHeaders,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(), SignatureError> {
+    fn check(k: &SigningKey, h: &SignedHeaders, method: &str, path: &str, body: &[u8]) -> Result<(), SignatureError> {
         verify(&k.verifying_key(), h, method, path, body, NOW + 10, 300)
     }
 
@@ -297,13 +236,7 @@ mod tests {
         assert!(bad(check(&k, &h, "POST", "/api/v1/sync/push", b"")));
         assert!(bad(check(&k, &h, "POST", "/api/v1/sync/pull", b"body")));
         assert!(bad(check(&k, &h, "PUT", "/api/v1/sync/push", b"body")));
-        assert!(bad(check(
-            &key(8),
-            &h,
-            "POST",
-            "/api/v1/sync/push",
-            b"body"
-        )));
+        assert!(bad(check(&key(8), &h, "POST", "/api/v1/sync/push", b"body")));
 
         let mut t = h.clone();
         t.timestamp += 1;
@@ -328,25 +261,14 @@ mod tests {
         let path = "/api/v1/sync/push";
         assert!(verify(&vk, &h, "POST", path, b"body", NOW + 300, 300).is_ok());
         assert!(verify(&vk, &h, "POST", path, b"body", NOW - 300, 300).is_ok());
-        assert!(matches!(
-            verify(&vk, &h, "POST", path, b"body", NOW + 301, 300),
-            Err(SignatureError::Stale { .. })
-        ));
+        assert!(matches!(verify(&vk, &h, "POST", path, b"body", NOW + 301, 300), Err(SignatureError::Stale { .. })));
         assert!(matches!(
             verify(&vk, &h, "POST", path, b"body", NOW - 301, 300),
             Err(SignatureError::FromTheFuture { .. })
         ));
         // Even a forged signature reports the clock first: cheaper for the hub.
         assert!(matches!(
-            verify(
-                &key(9).verifying_key(),
-                &h,
-                "POST",
-                path,
-                b"tampered",
-                NOW + 9999,
-                300
-            ),
+            verify(&key(9).verifying_key(), &h, "POST", path, b"tampered", NOW + 9999, 300),
             Err(SignatureError::Stale { .. })
         ));
         // Extreme values do not overflow.
@@ -369,24 +291,17 @@ mod tests {
     fn missing_and_malformed_headers_are_named() {
         let (_, h) = signed(b"body");
         let pairs: HashMap<&str, String> = h.to_pairs().into_iter().collect();
-        for name in [
-            HEADER_DEVICE,
-            HEADER_TIMESTAMP,
-            HEADER_NONCE,
-            HEADER_SIGNATURE,
-        ] {
+        for name in [HEADER_DEVICE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE] {
             let mut m = pairs.clone();
             m.remove(name);
-            let err =
-                SignedHeaders::from_headers(|n| m.get(n).map(String::as_str)).expect_err("missing");
+            let err = SignedHeaders::from_headers(|n| m.get(n).map(String::as_str)).expect_err("missing");
             assert!(matches!(err, SignatureError::MissingHeader(n) if n == name));
             assert_eq!(err.code(), "missing_signature_header");
 
             for junk in ["", "x", "!!!!", &"A".repeat(500)] {
                 let mut m = pairs.clone();
                 m.insert(name, junk.to_owned());
-                let err = SignedHeaders::from_headers(|n| m.get(n).map(String::as_str))
-                    .expect_err("malformed");
+                let err = SignedHeaders::from_headers(|n| m.get(n).map(String::as_str)).expect_err("malformed");
                 assert!(
                     matches!(err, SignatureError::MalformedHeader { header, .. } if header == name),
                     "{name}={junk}: {err}"
@@ -402,17 +317,8 @@ mod tests {
     #[test]
     fn the_message_is_stable() {
         // Edge and hub may run different builds: the exact text is a contract.
-        let device: DeviceId = "01890a5d-ac96-774b-bcce-b302099a8057"
-            .parse()
-            .expect("uuid");
-        let msg = signed_message(
-            device,
-            "POST",
-            "/api/v1/sync/push",
-            1_700_000_000,
-            &[0; 16],
-            b"",
-        );
+        let device: DeviceId = "01890a5d-ac96-774b-bcce-b302099a8057".parse().expect("uuid");
+        let msg = signed_message(device, "POST", "/api/v1/sync/push", 1_700_000_000, &[0; 16], b"");
         assert_eq!(
             String::from_utf8(msg).expect("utf8"),
             "santerurale-sync-v1\n01890a5d-ac96-774b-bcce-b302099a8057\nPOST\n/api/v1/sync/push\n\
@@ -433,27 +339,13 @@ mod tests {
         for _ in 0..64 {
             let k = SigningKey::from_bytes(&next().to_le_bytes().repeat(4).try_into().expect("32"));
             let body: Vec<u8> = (0..next() % 200).map(|_| next().to_le_bytes()[0]).collect();
-            let nonce: [u8; 16] = [next().to_le_bytes(), next().to_le_bytes()]
-                .concat()
-                .try_into()
-                .expect("16");
+            let nonce: [u8; 16] = [next().to_le_bytes(), next().to_le_bytes()].concat().try_into().expect("16");
             let ts = NOW + (next() % 1000) as i64 - 500;
             let h = sign(&k, DeviceId::new(), "POST", "/p?q=1", &body, ts, nonce);
             verify(&k.verifying_key(), &h, "POST", "/p?q=1", &body, NOW, 600).expect("valid");
             let mut tampered = body.clone();
             tampered.push(0);
-            assert!(
-                verify(
-                    &k.verifying_key(),
-                    &h,
-                    "POST",
-                    "/p?q=1",
-                    &tampered,
-                    NOW,
-                    600
-                )
-                .is_err()
-            );
+            assert!(verify(&k.verifying_key(), &h, "POST", "/p?q=1", &tampered, NOW, 600).is_err());
         }
     }
 }
