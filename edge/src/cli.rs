@@ -199,7 +199,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let shown = if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
         tracing::info!(address = %local, "edge listening");
         println!("Santé Rurale edge is running: open http://{shown}/ (listening on {local})");
-        crate::serve(listener, state, shutdown_signal()).await?;
+        // One signal stops both the server and the sync scheduler.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let scheduler = match crate::sync::scheduler::Schedule::from_config(&state.config) {
+            Some(schedule) => {
+                Some(crate::sync::scheduler::spawn(state.clone(), schedule, until_stopped(stopped.clone())))
+            }
+            None => {
+                tracing::info!("background sync is off (sync_interval_seconds = 0)");
+                None
+            }
+        };
+        crate::serve(listener, state, until_stopped(stopped)).await?;
+        if let Some(task) = scheduler {
+            let _ = task.await;
+        }
         tracing::info!("edge stopped");
         Ok(())
     })

@@ -33,6 +33,9 @@ pub struct Config {
     pub secure_cookies: bool,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Seconds between background syncs with the hub while serving (after a
+    /// failure the scheduler backs off instead); 0 turns them off.
+    pub sync_interval_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -53,6 +56,7 @@ impl Default for Config {
             token_ttl_minutes: 60,
             secure_cookies: false,
             log_format: LogFormat::Text,
+            sync_interval_seconds: 300,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Overrides {
     pub secure_cookies: Option<bool>,
     #[arg(long, env = "EDGE_LOG_FORMAT", global = true, hide = true)]
     pub log_format: Option<LogFormat>,
+    #[arg(long, env = "EDGE_SYNC_INTERVAL_SECONDS", global = true, hide = true)]
+    pub sync_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +111,15 @@ impl Config {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
         }
-        set!(clinic_name, default_country, session_ttl_minutes, token_ttl_minutes, secure_cookies, log_format);
+        set!(
+            clinic_name,
+            default_country,
+            session_ttl_minutes,
+            token_ttl_minutes,
+            secure_cookies,
+            log_format,
+            sync_interval_seconds
+        );
         if let Some(addr) = listen {
             config.listen = addr;
         }
@@ -159,8 +173,19 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.data_dir, dir.path());
         assert_eq!(c.default_country, "223");
+        assert_eq!(c.sync_interval_seconds, 300);
         let back: Config = toml::from_str(&c.to_toml()).expect("round trip");
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_sync_interval_comes_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(CONFIG_FILE), "sync_interval_seconds = 60\n").expect("write");
+        let o = Overrides { data_dir: Some(dir.path().to_owned()), ..Overrides::default() };
+        assert_eq!(Config::load(&o, None).expect("load").sync_interval_seconds, 60);
+        let o = Overrides { sync_interval_seconds: Some(0), ..o };
+        assert_eq!(Config::load(&o, None).expect("load").sync_interval_seconds, 0, "0 turns it off");
     }
 
     #[test]

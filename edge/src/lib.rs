@@ -45,6 +45,8 @@ pub struct AppState {
     pub store: Store,
     pub tokens: Arc<TokenKeys>,
     pub metrics: Arc<Metrics>,
+    /// One sync run at a time, shared by manual and scheduled runs.
+    pub sync: Arc<sync::SyncControl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,13 @@ impl AppState {
     pub fn open(config: Config) -> Result<Self, StartError> {
         let store = Store::open(&config.data_dir, StoreOptions { default_country: config.default_country.clone() })?;
         let tokens = TokenKeys::load_or_create(&config.data_dir, config.token_ttl_minutes)?;
-        Ok(Self { config: Arc::new(config), store, tokens: Arc::new(tokens), metrics: Arc::new(Metrics::new()) })
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(Metrics::new()),
+            sync: Arc::default(),
+        })
     }
 }
 
@@ -103,10 +111,14 @@ pub struct SyncStatus {
     pub enrolled: bool,
     pub device_id: DeviceId,
     pub site_id: Option<SiteId>,
+    pub site_name: Option<String>,
+    pub site_code: Option<String>,
     pub hub_url: Option<String>,
     pub outbox_depth: u64,
     pub last_success_at: Option<String>,
     pub last_error: Option<String>,
+    /// [`sync::SyncError::code`] of the last error.
+    pub last_error_code: Option<String>,
     pub last_error_at: Option<String>,
 }
 
@@ -115,18 +127,22 @@ pub async fn sync_status(state: &AppState) -> Result<SyncStatus, StoreError> {
     state
         .store
         .read(move |c| {
-            let meta = |k: &str| store::get_meta(c, k);
-            let site_id: Option<SiteId> = meta("site_id")?.and_then(|s| s.parse().ok());
+            use sync::meta_keys as k;
+            let meta = |key: &str| store::get_meta(c, key);
+            let site_id: Option<SiteId> = meta(k::SITE_ID)?.and_then(|s| s.parse().ok());
             let depth: i64 = c.query_row("SELECT count(*) FROM outbox WHERE acked_at IS NULL", [], |r| r.get(0))?;
             Ok(SyncStatus {
                 enrolled: site_id.is_some(),
                 device_id,
                 site_id,
-                hub_url: meta("hub_url")?,
+                site_name: meta(k::SITE_NAME)?,
+                site_code: meta(k::SITE_CODE)?,
+                hub_url: meta(k::HUB_URL)?,
                 outbox_depth: u64::try_from(depth).unwrap_or(0),
-                last_success_at: meta("sync_last_success_at")?,
-                last_error: meta("sync_last_error")?,
-                last_error_at: meta("sync_last_error_at")?,
+                last_success_at: meta(k::LAST_SUCCESS_AT)?,
+                last_error: meta(k::LAST_ERROR)?,
+                last_error_code: meta(k::LAST_ERROR_CODE)?,
+                last_error_at: meta(k::LAST_ERROR_AT)?,
             })
         })
         .await

@@ -21,6 +21,7 @@ const LOGIN: &str = "/api/v1/auth/login";
 const PATIENTS: &str = "/api/v1/patients";
 const USERS: &str = "/api/v1/users";
 const SYNC: &str = "/api/v1/sync/status";
+const SYNC_RUN: &str = "/api/v1/sync/run";
 
 struct App {
     base: String,
@@ -309,6 +310,7 @@ mod auth {
             (Method::PATCH, one.clone(), Some(patch)),
             (Method::POST, format!("{one}/encounters"), Some(encounter)),
             (Method::GET, SYNC.into(), None),
+            (Method::POST, SYNC_RUN.into(), None),
             (Method::GET, USERS.into(), None),
             (Method::POST, USERS.into(), Some(user)),
         ]
@@ -423,6 +425,54 @@ mod roles {
         assert_eq!(reg.get(&path).await.expect(200)["encounters"], json!([]));
         let clinic = app.signed_in("clinic").await;
         clinic.post(&encounters, &encounter).await.expect(201);
+    }
+
+    #[tokio::test]
+    async fn only_admins_run_a_sync_and_it_needs_an_enrollment() {
+        let app = App::start().await;
+        for name in ["reg", "clinic"] {
+            app.signed_in(name).await.post(SYNC_RUN, &json!({})).await.error(403, "forbidden");
+        }
+        let admin = app.signed_in("admin").await;
+        admin.post(SYNC_RUN, &json!({})).await.error(409, "not_enrolled");
+        let status = admin.get(SYNC).await.expect(200);
+        assert!(status["last_error"].is_null(), "not being enrolled is no failed sync");
+
+        // Enrolled (as `edge enroll` leaves it) with a hub nobody listens on.
+        let key = edge::sync::keys::generate();
+        std::fs::write(edge::sync::keys::key_path(app.dir.path()), key.to_bytes()).expect("key");
+        app.state
+            .store
+            .write(|w| {
+                use edge::sync::meta_keys as k;
+                for (key, value) in [
+                    (k::SITE_ID, santerurale_shared::SiteId::new().to_string()),
+                    (k::SITE_NAME, "CSCom Kati".into()),
+                    (k::SITE_CODE, "KATI".into()),
+                    (k::HUB_URL, "http://127.0.0.1:9".into()),
+                ] {
+                    edge::store::set_meta(w.conn(), key, &value)?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("enroll");
+        // Nothing to send: no request, a success.
+        let report = admin.post(SYNC_RUN, &json!({})).await.expect(200);
+        conforms("SyncRunReport", &report);
+        assert_eq!((report["pushed"].as_u64(), report["acked_through"].is_null()), (Some(0), true));
+
+        admin.register(&aminata()).await;
+        let reply = admin.post(SYNC_RUN, &json!({})).await;
+        assert_eq!((reply.status, reply.json["code"].as_str()), (502, Some("sync_failed")), "{}", reply.text);
+        conforms("SyncFailure", &reply.json);
+        assert_eq!(reply.json["hub"]["code"], "hub_unreachable");
+        assert_eq!(reply.json["hub"]["retryable"], true);
+        let status = admin.get(SYNC).await.expect(200);
+        conforms("SyncStatus", &status);
+        assert_eq!((status["site_code"].as_str(), status["outbox_depth"].as_u64()), (Some("KATI"), Some(1)));
+        assert_eq!(status["last_error_code"], "hub_unreachable");
+        assert!(status["last_error_at"].is_string());
     }
 
     #[tokio::test]
@@ -848,6 +898,7 @@ mod document {
         ("patch", "/api/v1/patients/{id}"),
         ("post", "/api/v1/patients/{id}/encounters"),
         ("get", "/api/v1/sync/status"),
+        ("post", "/api/v1/sync/run"),
         ("get", "/api/v1/users"),
         ("post", "/api/v1/users"),
     ];
@@ -862,6 +913,8 @@ mod document {
         "FieldError",
         "Error",
         "SyncStatus",
+        "SyncRunReport",
+        "SyncFailure",
         "User",
         "LoginRequest",
         "LoginResponse",

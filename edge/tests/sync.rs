@@ -3,10 +3,15 @@
 //! in-process on a loopback port, ready once its listener is bound. It
 //! checks every signature with `shared::sync::verify`, decodes each push,
 //! counts the changes it receives by Automerge hash, and fails on command.
+//! It also counts pushes in flight (two at once would mean two sync runs
+//! overlapped) and can hold pushes at a gate, so tests of the background
+//! scheduler wait on its counters rather than on the clock.
 //! The end-to-end test against the real hub belongs in the top-level `tests/`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,6 +22,7 @@ use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use edge::AppState;
+use edge::sync::scheduler::Schedule;
 use edge::sync::{EnrollError, EnrollOptions, SyncError};
 use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{
@@ -54,10 +60,58 @@ struct Hub {
     faults: VecDeque<Option<Fault>>,
 }
 
-type Shared = Arc<Mutex<Hub>>;
+/// The hub's data, and its traffic as the scheduler tests watch it.
+#[derive(Debug)]
+struct FakeHub {
+    hub: Mutex<Hub>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Pushes that reached the handler.
+    started: tokio::sync::watch::Sender<usize>,
+    /// Distinct changes stored.
+    stored: tokio::sync::watch::Sender<usize>,
+    /// Pushes wait here while it is false.
+    open: tokio::sync::watch::Sender<bool>,
+}
 
-fn lock(hub: &Shared) -> std::sync::MutexGuard<'_, Hub> {
-    hub.lock().unwrap_or_else(PoisonError::into_inner)
+impl Default for FakeHub {
+    fn default() -> Self {
+        Self {
+            hub: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            started: tokio::sync::watch::Sender::new(0),
+            stored: tokio::sync::watch::Sender::new(0),
+            open: tokio::sync::watch::Sender::new(true),
+        }
+    }
+}
+
+impl FakeHub {
+    /// Waits until `counter` reaches `n`, failing the test after a deadline.
+    async fn reach(counter: &tokio::sync::watch::Sender<usize>, n: usize, what: &str) {
+        let mut rx = counter.subscribe();
+        let waited = tokio::time::timeout(DEADLINE, rx.wait_for(|&v| v >= n)).await;
+        assert!(waited.is_ok_and(|r| r.is_ok()), "{what}: {} of {n} before the deadline", *counter.borrow());
+    }
+}
+
+/// How long a test waits for something that should happen in milliseconds.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+type Shared = Arc<FakeHub>;
+
+fn lock(hub: &FakeHub) -> std::sync::MutexGuard<'_, Hub> {
+    hub.hub.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a push out when it ends, even when the handler panics.
+struct InFlight<'a>(&'a FakeHub);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn error(status: StatusCode, code: &str, retryable: bool) -> Response {
@@ -85,16 +139,25 @@ async fn enroll_handler(State(hub): State<Shared>, Json(body): Json<Value>) -> R
     (StatusCode::CREATED, Json(answer)).into_response()
 }
 
-async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn push_handler(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _counted = InFlight(&fake);
+    fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    fake.started.send_modify(|n| *n += 1);
+    let _ = fake.open.subscribe().wait_for(|open| *open).await;
+    push(&fake, &headers, &body)
+}
+
+fn push(hub: &FakeHub, headers: &HeaderMap, body: &Bytes) -> Response {
     let Ok(signed) = SignedHeaders::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok())) else {
         return error(StatusCode::UNAUTHORIZED, codes::MISSING_HEADER, false);
     };
-    let mut guard = lock(&hub);
+    let mut guard = lock(hub);
     let Some(key) = guard.devices.get(&signed.device_id) else {
         return error(StatusCode::UNAUTHORIZED, codes::UNKNOWN_DEVICE, false);
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if verify(key, &signed, "POST", PUSH_PATH, &body, now, 300).is_err() {
+    if verify(key, &signed, "POST", PUSH_PATH, body, now, 300).is_err() {
         return error(StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE, false);
     }
     if guard.revoked {
@@ -104,7 +167,7 @@ async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes
     if matches!(fault, Some(Fault::ServerError)) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", true);
     }
-    let request = decode_push(&body, 16 << 20).expect("a push body");
+    let request = decode_push(body, 16 << 20).expect("a push body");
     assert_eq!(request.device_id, signed.device_id, "the body's device is the signer");
     assert!(request.batch.windows(2).all(|w| w[0].seq < w[1].seq), "ascending batch");
     if guard.max_changes.is_some_and(|max| request.batch.len() > max) {
@@ -123,7 +186,9 @@ async fn push_handler(State(hub): State<Shared>, headers: HeaderMap, body: Bytes
         }
     }
     guard.batches.push(request.batch.len());
+    let stored = guard.received.len();
     drop(guard);
+    hub.stored.send_replace(stored);
     if matches!(fault, Some(Fault::DropAfterStore)) {
         // Stored but never acknowledged: the connection dies with the task.
         panic!("fake hub drops the connection after storing the batch");
@@ -377,4 +442,203 @@ async fn changes_made_before_enrollment_are_pushed_after_it() {
     assert_eq!(report.pushed, 4);
     assert_eq!(lock(&hub).received.len(), 4);
     assert_eq!(edge.state.store.outbox_depth().await.expect("depth"), 0);
+}
+
+/// The background scheduler, as `edge serve` starts it.
+mod scheduler {
+    use super::*;
+
+    /// A scheduler on `edge` every `interval`, and what stops it.
+    fn start(edge: &Edge, interval: Duration) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = edge::sync::scheduler::spawn(edge.state.clone(), Schedule::every(interval), async {
+            let _ = stopped.await;
+        });
+        (task, stop)
+    }
+
+    async fn stop(task: tokio::task::JoinHandle<()>, stop: tokio::sync::oneshot::Sender<()>) {
+        let _ = stop.send(());
+        tokio::time::timeout(DEADLINE, task).await.expect("the scheduler stops on shutdown").expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn changes_reach_the_hub_without_a_manual_sync() {
+        let (url, hub) = start_hub().await;
+        let edge = Edge::new();
+        edge.enroll(&url, TOKEN).await.expect("enroll");
+        let (task, stopper) = start(&edge, Duration::from_millis(50));
+
+        edge.record(5).await;
+        FakeHub::reach(&hub.stored, 5, "changes stored by the hub").await;
+        edge.record(3).await;
+        FakeHub::reach(&hub.stored, 8, "changes stored by the hub").await;
+        stop(task, stopper).await;
+
+        let outbox = edge.outbox().await;
+        let hub = lock(&hub);
+        assert_eq!(hub.received.len(), 8);
+        for (_, hash, _) in &outbox {
+            assert!(hub.received.contains_key(hash), "{hash} reached the hub");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manual_run_waits_for_a_scheduled_one() {
+        let (url, hub) = start_hub().await;
+        let edge = Edge::new();
+        edge.enroll(&url, TOKEN).await.expect("enroll");
+        edge.record(3).await;
+        hub.open.send_replace(false);
+        let (task, stopper) = start(&edge, Duration::from_millis(20));
+        FakeHub::reach(&hub.started, 1, "scheduled pushes").await;
+
+        // The scheduled push is held at the hub: a manual run must not start
+        // its own request meanwhile (it would send the same batch again).
+        let state = edge.state.clone();
+        let mut manual = tokio::spawn(async move { edge::sync::run_once(&state).await });
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut manual).await;
+        assert!(early.is_err(), "the manual run finished while the scheduled one was in flight");
+        assert_eq!(*hub.started.borrow(), 1, "no second push while the first is in flight");
+
+        hub.open.send_replace(true);
+        let report = tokio::time::timeout(DEADLINE, manual).await.expect("deadline").expect("join").expect("sync");
+        assert_eq!(report.pushed, 0, "the scheduled run had sent everything");
+        stop(task, stopper).await;
+        assert_eq!(hub.max_in_flight.load(Ordering::SeqCst), 1, "two pushes overlapped");
+        let hub = lock(&hub);
+        assert_eq!(hub.received.len(), 3);
+        assert!(hub.received.values().all(|&n| n == 1), "{:?}", hub.received);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_stops_it_until_a_manual_run() {
+        let (url, hub) = start_hub().await;
+        let edge = Edge::new();
+        edge.enroll(&url, TOKEN).await.expect("enroll");
+        edge.record(2).await;
+        lock(&hub).revoked = true;
+        let (task, stopper) = start(&edge, Duration::from_millis(20));
+        FakeHub::reach(&hub.started, 1, "scheduled pushes").await;
+
+        // At this interval a scheduler that kept trying would have tried
+        // many times over; a stopped one not once more.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(*hub.started.borrow(), 1, "the scheduler retried a permanent failure");
+        let status = edge::sync_status(&edge.state).await.expect("status");
+        assert_eq!(status.last_error_code.as_deref(), Some("revoked_device"));
+
+        // The operator sorts it out and syncs by hand: the schedule resumes.
+        lock(&hub).revoked = false;
+        edge::sync::run_once(&edge.state).await.expect("manual sync");
+        edge.record(1).await;
+        FakeHub::reach(&hub.stored, 3, "changes stored by the hub").await;
+        stop(task, stopper).await;
+    }
+
+    #[tokio::test]
+    async fn retryable_failures_are_retried() {
+        let (url, hub) = start_hub().await;
+        let edge = Edge::new();
+        edge.enroll(&url, TOKEN).await.expect("enroll");
+        edge.record(4).await;
+        lock(&hub).faults = [Some(Fault::ServerError), Some(Fault::ServerError)].into();
+        let (task, stopper) = start(&edge, Duration::from_millis(20));
+        FakeHub::reach(&hub.stored, 4, "changes stored by the hub").await;
+        stop(task, stopper).await;
+        assert!(*hub.started.borrow() >= 3, "two failures, then the push that went through");
+    }
+
+    #[test]
+    fn the_interval_comes_from_the_config_and_zero_turns_it_off() {
+        let mut config = edge::config::Config::default();
+        assert_eq!(Schedule::from_config(&config).map(|s| s.interval), Some(Duration::from_secs(300)));
+        config.sync_interval_seconds = 0;
+        assert_eq!(Schedule::from_config(&config), None);
+    }
+}
+
+/// The sync page's "Sync now" button, over real HTTP.
+mod page {
+    use super::*;
+
+    const PASSWORD: &str = "motdepasse1";
+
+    fn csrf_in(html: &str) -> String {
+        let start = html.find("name=\"csrf_token\" value=\"").expect("a csrf_token field") + 25;
+        html[start..].split('"').next().unwrap_or_default().to_owned()
+    }
+
+    /// Serves `edge` on a loopback port; returns its base URL and what stops it.
+    async fn serve(edge: &Edge) -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(edge::serve(listener, edge.state.clone(), async {
+            let _ = stopped.await;
+        }));
+        (base, stop)
+    }
+
+    /// A cookie-keeping client signed in as `username`.
+    async fn signed_in(base: &str, username: &str) -> reqwest::Client {
+        let c = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let html = c.get(format!("{base}/login")).send().await.expect("GET").text().await.expect("body");
+        let form = [("username", username), ("password", PASSWORD), ("csrf_token", &csrf_in(&html))];
+        let r = c.post(format!("{base}/login")).form(&form).send().await.expect("POST");
+        assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER, "sign-in of {username}");
+        c
+    }
+
+    /// Presses "Sync now" (or tries to); returns the status and the page.
+    async fn sync_now(c: &reqwest::Client, base: &str) -> (u16, String) {
+        let html = c.get(format!("{base}/sync")).send().await.expect("GET").text().await.expect("body");
+        let r = c.post(format!("{base}/sync")).form(&[("csrf_token", csrf_in(&html))]).send().await.expect("POST");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    #[tokio::test]
+    async fn admins_sync_from_the_page_and_see_failures_in_plain_words() {
+        let (url, hub) = start_hub().await;
+        let edge = Edge::new();
+        let hash = edge::auth::hash_password(PASSWORD).expect("hash");
+        for (name, role) in [("admin", edge::store::Role::Admin), ("clinic", edge::store::Role::Clinician)] {
+            edge.state.store.create_user(name.into(), role, hash.clone()).await.expect("account");
+        }
+        edge.enroll(&url, TOKEN).await.expect("enroll");
+        edge.record(2).await;
+        lock(&hub).revoked = true;
+        let (base, _stop) = serve(&edge).await;
+
+        let admin = signed_in(&base, "admin").await;
+        let html = admin.get(format!("{base}/sync")).send().await.expect("GET").text().await.expect("body");
+        assert!(html.contains("id=\"sync-now\"") && html.contains("Synchroniser maintenant"), "{html}");
+        assert!(html.contains("CSCom Kati (KATI)") && html.contains(&url), "site and hub shown");
+        assert!(html.contains("id=\"outbox-depth\"><strong>2</strong>"));
+
+        let (status, html) = sync_now(&admin, &base).await;
+        assert_eq!(status, 502);
+        assert!(html.contains("Cet appareil a été révoqué par le hub"), "{html}");
+        assert!(html.contains("id=\"last-error-explained\"") && html.contains("revoked_device"));
+        assert!(html.contains("<strong>2</strong>"), "nothing was sent");
+
+        lock(&hub).revoked = false;
+        let (status, html) = sync_now(&admin, &base).await;
+        assert_eq!(status, 200);
+        assert!(html.contains("Synchronisation réussie") && html.contains("id=\"outbox-depth\"><strong>0</strong>"));
+        assert!(!html.contains("id=\"last-error-explained\""), "a success clears the error");
+        assert_eq!(lock(&hub).received.len(), 2);
+
+        // Others see the status, without the button, and cannot press it anyway.
+        let clinic = signed_in(&base, "clinic").await;
+        let html = clinic.get(format!("{base}/sync")).send().await.expect("GET").text().await.expect("body");
+        assert!(html.contains("id=\"outbox-depth\"") && !html.contains("id=\"sync-now\""));
+        let started = *hub.started.borrow();
+        assert_eq!(sync_now(&clinic, &base).await.0, 403);
+        assert_eq!(*hub.started.borrow(), started, "no push for a clinician");
+    }
 }

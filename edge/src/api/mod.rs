@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/patients/{id}", get(get_patient).patch(update_patient))
         .route("/patients/{id}/encounters", post(add_encounter))
         .route("/sync/status", get(sync_status))
+        .route("/sync/run", post(sync_run))
         .route("/users", get(list_users).post(create_user))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
@@ -181,6 +182,60 @@ async fn add_encounter(
 
 async fn sync_status(State(state): State<AppState>, _user: ApiUser) -> Result<Response, ApiError> {
     Ok(Json(crate::sync_status(&state).await?).into_response())
+}
+
+/// `POST /api/v1/sync/run`: one push now, waiting for a run in progress.
+async fn sync_run(State(state): State<AppState>, user: ApiUser) -> Result<Response, ApiError> {
+    user.require(|r| r == Role::Admin, "run a sync")?;
+    tracing::info!(user = %user.0.id, "sync run requested (API)");
+    match crate::sync::run_once(&state).await {
+        Ok(report) => Ok(Json(json!({
+            "pushed": report.pushed,
+            "batches": report.batches,
+            "applied": report.applied,
+            "duplicates": report.duplicates,
+            "splits": report.splits,
+            "acked_through": acked_through(&state).await?,
+        }))
+        .into_response()),
+        Err(e) => Err(sync_error(&e)),
+    }
+}
+
+/// The highest outbox seq the hub has acknowledged, if any.
+async fn acked_through(state: &AppState) -> Result<Option<u64>, ApiError> {
+    let seq = state
+        .store
+        .read(|c| {
+            let seq: Option<i64> =
+                c.query_row("SELECT max(seq) FROM outbox WHERE acked_at IS NOT NULL", [], |r| r.get(0))?;
+            Ok(seq.and_then(|s| u64::try_from(s).ok()))
+        })
+        .await?;
+    Ok(seq)
+}
+
+/// The hub's own words when it refused the request, else ours.
+fn hub_message(e: &crate::sync::SyncError) -> String {
+    match e {
+        crate::sync::SyncError::Hub(crate::sync::HubError::Refused { message, .. }) => message.clone(),
+        other => other.display_message(),
+    }
+}
+
+fn sync_error(e: &crate::sync::SyncError) -> ApiError {
+    use crate::sync::SyncError as E;
+    match e {
+        E::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        E::Hub(_) | E::ChangeTooLarge { .. } | E::AckBelowBatch { .. } => ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            code: "sync_failed",
+            message: format!("the sync with the hub failed: {}", e.display_message()),
+            extra: Some(("hub", json!({ "code": e.code(), "message": hub_message(e), "retryable": e.is_retryable() }))),
+        },
+        // The device key, the database: this box's problem, not the hub's.
+        E::Key(_) | E::HubUrl(_) | E::Store(_) | E::Outbox(_) => ApiError::internal(e),
+    }
 }
 
 async fn list_users(State(state): State<AppState>, user: ApiUser) -> Result<Response, ApiError> {

@@ -25,22 +25,29 @@
 //!    the batch in flight goes twice.
 //! 4. A 413 halves the batch and goes on at once. A retryable failure
 //!    (network, timeout, 5xx) ends this run with an error: the caller
-//!    retries later (the scheduler with backoff is a later item). A
-//!    permanent one (revoked device, bad signature...) ends it too, with
-//!    the hub's code.
+//!    retries later ([`scheduler`] with backoff). A permanent one (revoked
+//!    device, bad signature...) ends it too, with the hub's code.
 //! 5. The result is written to `meta`: `sync_last_success_at` (and the last
-//!    error cleared), or `sync_last_error` ("code: message") and
-//!    `sync_last_error_at`; [`crate::sync_status`] shows them.
+//!    error cleared), or `sync_last_error` ("code: message"),
+//!    `sync_last_error_code` ([`SyncError::code`]) and `sync_last_error_at`;
+//!    [`crate::sync_status`] shows them.
 //!
 //! Pull (hub to edge) is not built yet: `run_once` only pushes.
 //!
-//! Two runs at once (the API and a CLI `edge sync`) would only re-send a
-//! batch, which the hub dedups; the scheduler should still run one at a time.
+//! # One run at a time
+//! Inside one process every run ([`run_once`]: the API, the sync page, the
+//! [`scheduler`]) holds the [`SyncControl`] lock of the app state while it
+//! pushes, so a manual run waits for a scheduled one and the other way
+//! round. A manual run also tells the scheduler, which then starts its
+//! schedule over (it resumes after a permanent failure). A CLI `edge sync`
+//! in another process is not covered: two runs at once would only re-send
+//! a batch, which the hub dedups.
 
 pub mod client;
 mod enroll;
 pub mod keys;
 mod push;
+pub mod scheduler;
 
 use std::path::Path;
 
@@ -65,6 +72,8 @@ pub mod meta_keys {
     pub const ENROLLED_AT: &str = "enrolled_at";
     pub const LAST_SUCCESS_AT: &str = "sync_last_success_at";
     pub const LAST_ERROR: &str = "sync_last_error";
+    /// [`super::SyncError::code`] of the last error.
+    pub const LAST_ERROR_CODE: &str = "sync_last_error_code";
     pub const LAST_ERROR_AT: &str = "sync_last_error_at";
 }
 
@@ -119,10 +128,60 @@ impl SyncError {
     pub fn display_message(&self) -> String {
         crate::error_chain(self)
     }
+
+    /// A stable, machine-readable code: the hub's own when it refused the
+    /// request (`revoked_device`, ...), else one of ours (`hub_unreachable`,
+    /// `hub_status`, `device_key`, ...). The sync page words it for people.
+    #[must_use]
+    pub fn code(&self) -> &str {
+        match self {
+            Self::NotEnrolled => "not_enrolled",
+            Self::Key(_) => "device_key",
+            Self::HubUrl(_) => "hub_url",
+            Self::Store(_) => "store",
+            Self::Outbox(_) => "outbox_order",
+            Self::Hub(HubError::Refused { code, .. }) => code,
+            Self::Hub(HubError::Network(_)) => "hub_unreachable",
+            Self::Hub(HubError::Status { .. }) => "hub_status",
+            Self::Hub(HubError::BadResponse(_)) => "hub_bad_response",
+            Self::Hub(HubError::Encode(_)) => "encode_failed",
+            Self::ChangeTooLarge { .. } => "change_too_large",
+            Self::AckBelowBatch { .. } => "ack_below_batch",
+        }
+    }
 }
 
-/// One full push with the default batch bounds, for the API and the CLI.
+/// Shared by every run in this process (see "One run at a time" above).
+#[derive(Debug)]
+pub struct SyncControl {
+    running: tokio::sync::Mutex<()>,
+    /// Bumped after each manual run; the scheduler watches it.
+    manual_runs: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for SyncControl {
+    fn default() -> Self {
+        Self { running: tokio::sync::Mutex::new(()), manual_runs: tokio::sync::watch::Sender::new(0) }
+    }
+}
+
+impl SyncControl {
+    fn watch_manual_runs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.manual_runs.subscribe()
+    }
+}
+
+/// One full push with the default batch bounds, on demand (the API and the
+/// sync page): waits for a run in progress, then wakes the scheduler.
 pub async fn run_once(state: &AppState) -> Result<SyncReport, SyncError> {
+    let result = run_exclusive(state).await;
+    state.sync.manual_runs.send_modify(|n| *n = n.wrapping_add(1));
+    result
+}
+
+/// One full push while holding the run lock.
+async fn run_exclusive(state: &AppState) -> Result<SyncReport, SyncError> {
+    let _running = state.sync.running.lock().await;
     push(&state.store, &state.config.data_dir, PushConfig::default()).await
 }
 
@@ -133,7 +192,7 @@ pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConf
     let record = match &result {
         Ok(_) => Some(None),
         Err(SyncError::NotEnrolled) => None,
-        Err(e) => Some(Some(e.display_message())),
+        Err(e) => Some(Some((e.code().to_owned(), e.display_message()))),
     };
     if let Some(error) = record {
         let saved = store
@@ -144,12 +203,13 @@ pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConf
                     None => {
                         set_meta(c, meta_keys::LAST_SUCCESS_AT, &now)?;
                         c.execute(
-                            "DELETE FROM meta WHERE key IN (?1, ?2)",
-                            [meta_keys::LAST_ERROR, meta_keys::LAST_ERROR_AT],
+                            "DELETE FROM meta WHERE key IN (?1, ?2, ?3)",
+                            [meta_keys::LAST_ERROR, meta_keys::LAST_ERROR_AT, meta_keys::LAST_ERROR_CODE],
                         )?;
                     }
-                    Some(message) => {
+                    Some((code, message)) => {
                         set_meta(c, meta_keys::LAST_ERROR, &message)?;
+                        set_meta(c, meta_keys::LAST_ERROR_CODE, &code)?;
                         set_meta(c, meta_keys::LAST_ERROR_AT, &now)?;
                     }
                 }
@@ -162,6 +222,8 @@ pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConf
     }
     match &result {
         Ok(r) => tracing::info!(pushed = r.pushed, batches = r.batches, duplicates = r.duplicates, "sync push done"),
+        // Not a failure: the scheduler asks every interval until enrollment.
+        Err(SyncError::NotEnrolled) => tracing::debug!("sync skipped: not enrolled"),
         Err(e) => {
             tracing::warn!(error = %e.display_message(), retryable = e.is_retryable(), "sync push failed")
         }

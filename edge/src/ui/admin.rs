@@ -111,33 +111,144 @@ struct SyncTpl {
     enrolled: bool,
     outbox_depth: u64,
     device_id: String,
+    site: String,
     site_id: String,
     hub_url: String,
     last_success: String,
-    last_error: String,
+    last_error: Option<ErrorView>,
+    /// The outcome of the sync just run from this page.
+    result: Option<RunView>,
+}
+
+/// A failure in plain words, with when it happened and the technical detail.
+#[derive(Debug)]
+struct ErrorView {
+    at: String,
+    text: &'static str,
+    detail: String,
+}
+
+#[derive(Debug)]
+struct RunView {
+    ok: bool,
+    text: String,
+}
+
+/// The message key that words a sync failure for people, by
+/// [`crate::sync::SyncError::code`] (the hub's own codes among them).
+fn explain(code: &str) -> &'static str {
+    use santerurale_shared::sync::wire::codes;
+    match code {
+        codes::REVOKED_DEVICE => "sync_err_revoked",
+        codes::UNKNOWN_DEVICE => "sync_err_unknown_device",
+        codes::BAD_SIGNATURE | codes::MISSING_HEADER | codes::MALFORMED_HEADER | "device_key" => "sync_err_device_key",
+        codes::STALE_TIMESTAMP | codes::FUTURE_TIMESTAMP => "sync_err_clock",
+        codes::UNSUPPORTED_PROTOCOL => "sync_err_protocol",
+        codes::BODY_TOO_LARGE | "change_too_large" => "sync_err_too_large",
+        "hub_unreachable" => "sync_err_unreachable",
+        "not_enrolled" => "not_enrolled_note",
+        "hub_status" | "hub_bad_response" | "ack_below_batch" | "internal" | codes::REPLAYED_REQUEST => {
+            "sync_err_hub_problem"
+        }
+        _ => "sync_err_other",
+    }
+}
+
+/// The sync page, with `result` when a sync was just run from it.
+async fn sync_page(
+    state: &AppState,
+    page: &Page,
+    status: StatusCode,
+    result: Option<RunView>,
+) -> Result<Response, UiError> {
+    let s = crate::sync_status(state).await.map_err(|e| page.internal(&e))?;
+    let last_error = s.last_error.as_ref().map(|detail| {
+        // Without a recorded code, the message starts with the hub's.
+        let code = s.last_error_code.as_deref().unwrap_or_else(|| detail.split(':').next().unwrap_or_default());
+        ErrorView {
+            at: when(page.lang, s.last_error_at.as_deref()),
+            text: page.lang.t(explain(code)),
+            detail: detail.clone(),
+        }
+    });
+    let site = match (&s.site_name, &s.site_code) {
+        (Some(name), Some(code)) => format!("{name} ({code})"),
+        (Some(one), None) | (None, Some(one)) => one.clone(),
+        (None, None) => String::new(),
+    };
+    let tpl = SyncTpl {
+        enrolled: s.enrolled,
+        outbox_depth: s.outbox_depth,
+        device_id: s.device_id.to_string(),
+        site,
+        site_id: s.site_id.map(|id| id.to_string()).unwrap_or_default(),
+        hub_url: s.hub_url.clone().unwrap_or_default(),
+        last_success: when(page.lang, s.last_success_at.as_deref()),
+        last_error,
+        result,
+        page: page.clone(),
+    };
+    Ok(render(status, page, &tpl))
 }
 
 fn when(lang: Lang, at: Option<&str>) -> String {
     at.map(|t| lang.timestamp(t)).unwrap_or_default()
 }
 
+/// `GET /sync`: every signed-in user sees the status; admins get the button.
 pub async fn sync(State(state): State<AppState>, Signed { mut page, .. }: Signed) -> Result<Response, UiError> {
     page.nav = "sync";
-    let s = crate::sync_status(&state).await.map_err(|e| page.internal(&e))?;
-    let last_error = match (&s.last_error, &s.last_error_at) {
-        (Some(e), Some(at)) => format!("{} — {e}", page.lang.timestamp(at)),
-        (Some(e), None) => e.clone(),
-        (None, _) => String::new(),
+    sync_page(&state, &page, StatusCode::OK, None).await
+}
+
+/// `POST /sync` (admins): one sync now, then the page with its outcome.
+pub async fn sync_now(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
+    let mut page = signed.page.clone();
+    page.nav = "sync";
+    let form = Fields::read(raw, &page)?;
+    signed.check_csrf(&form)?;
+    page.require(|r| r == Role::Admin)?;
+    tracing::info!(user = %signed.user.id, "sync run requested (web)");
+    let (status, result) = match crate::sync::run_once(&state).await {
+        Ok(report) => {
+            (StatusCode::OK, RunView { ok: true, text: format!("{} {}", page.t("sync_done"), report.pushed) })
+        }
+        Err(e) => {
+            let status = match e {
+                crate::sync::SyncError::NotEnrolled => StatusCode::CONFLICT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let text = format!("{} {}", page.t("sync_failed"), page.t(explain(e.code())));
+            (status, RunView { ok: false, text })
+        }
     };
-    let tpl = SyncTpl {
-        enrolled: s.enrolled,
-        outbox_depth: s.outbox_depth,
-        device_id: s.device_id.to_string(),
-        site_id: s.site_id.map(|id| id.to_string()).unwrap_or_default(),
-        hub_url: s.hub_url.clone().unwrap_or_default(),
-        last_success: when(page.lang, s.last_success_at.as_deref()),
-        last_error,
-        page: page.clone(),
-    };
-    Ok(render(StatusCode::OK, &page, &tpl))
+    sync_page(&state, &page, status, Some(result)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::messages::lookup;
+    use super::*;
+
+    #[test]
+    fn every_failure_is_worded_in_both_languages() {
+        let codes = [
+            "revoked_device",
+            "unknown_device",
+            "bad_signature",
+            "stale_timestamp",
+            "unsupported_protocol",
+            "change_too_large",
+            "hub_unreachable",
+            "not_enrolled",
+            "hub_status",
+            "device_key",
+            "something_new",
+        ];
+        for code in codes {
+            assert!(lookup(explain(code)).is_some(), "{code}");
+        }
+        assert_eq!(explain("revoked_device"), "sync_err_revoked");
+        assert!(lookup("sync_done").is_some() && lookup("sync_failed").is_some());
+    }
 }

@@ -137,6 +137,51 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
             "Les modifications sont envoyées au serveur central dès qu'une connexion est disponible.",
             "Changes are sent to the hub whenever a connection is available.",
         ),
+        "site" => ("Site", "Site"),
+        "last_error_detail" => ("Détail technique\u{a0}:", "Technical detail:"),
+        "sync_now" => ("Synchroniser maintenant", "Sync now"),
+        "sync_now_hint" => (
+            "Envoie tout de suite au serveur central les modifications en attente. La synchronisation se fait aussi automatiquement.",
+            "Sends the waiting changes to the hub right away. Syncing also happens automatically.",
+        ),
+        "sync_done" => ("Synchronisation réussie. Modifications envoyées\u{a0}:", "Sync done. Changes sent:"),
+        "sync_failed" => ("La synchronisation a échoué.", "The sync failed."),
+        "sync_err_revoked" => (
+            "Cet appareil a été révoqué par le hub\u{a0}: contactez l'administrateur.",
+            "This box has been revoked by the hub: contact the administrator.",
+        ),
+        "sync_err_unknown_device" => (
+            "Le serveur central ne connaît pas ce poste\u{a0}: il faut l'inscrire à nouveau. Contactez l'administrateur.",
+            "The hub does not know this box: it must be enrolled again. Contact the administrator.",
+        ),
+        "sync_err_device_key" => (
+            "La clé de ce poste n'est pas acceptée ou est illisible\u{a0}: il faut l'inscrire à nouveau. Contactez l'administrateur.",
+            "This box's key is refused or unreadable: it must be enrolled again. Contact the administrator.",
+        ),
+        "sync_err_clock" => (
+            "L'horloge de ce poste n'est pas à l'heure\u{a0}: corrigez la date et l'heure, puis réessayez.",
+            "This box's clock is wrong: correct the date and time, then try again.",
+        ),
+        "sync_err_protocol" => (
+            "Ce poste et le serveur central n'ont pas la même version\u{a0}: mettez le logiciel à jour.",
+            "This box and the hub run different versions: update the software.",
+        ),
+        "sync_err_too_large" => (
+            "Une modification est trop volumineuse pour le serveur central\u{a0}: contactez l'administrateur.",
+            "A change is too large for the hub: contact the administrator.",
+        ),
+        "sync_err_unreachable" => (
+            "Le serveur central est injoignable (pas de connexion Internet\u{a0}?). Les modifications restent ici en sécurité et partiront d'elles-mêmes au retour de la connexion.",
+            "The hub cannot be reached (no internet connection?). Changes stay safely here and will be sent by themselves once the connection is back.",
+        ),
+        "sync_err_hub_problem" => (
+            "Le serveur central a rencontré un problème. Les modifications restent ici en sécurité\u{a0}; un nouvel essai aura lieu automatiquement.",
+            "The hub ran into a problem. Changes stay safely here; it will be tried again automatically.",
+        ),
+        "sync_err_other" => (
+            "La synchronisation n'a pas abouti. Les modifications restent ici en sécurité. Si cela continue, contactez l'administrateur.",
+            "The sync did not complete. Changes stay safely here. If this continues, contact the administrator.",
+        ),
 
         // Accounts.
         "users_title" => ("Comptes du personnel", "Staff accounts"),
