@@ -2,31 +2,28 @@
 //! HS256, signed with a per-box key kept in the data directory) and browser
 //! session tokens (random, only their SHA-256 stored).
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub use santerurale_server::passwords::{
+    MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, check_password_policy, dummy_hash, hash_password, verify_password,
+};
+pub use santerurale_server::tokens::{hash_token, random_token};
 use santerurale_shared::UserId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::store::{Role, UserRecord};
 
 /// File in the data directory holding the token-signing key (mode 0600).
 pub const TOKEN_KEY_FILE: &str = "token-signing.key";
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read or create the token-signing key {path}")]
     KeyFile { path: std::path::PathBuf, source: std::io::Error },
-    #[error("password hashing failed: {0}")]
-    Hash(argon2::password_hash::Error),
+    #[error(transparent)]
+    Hash(#[from] santerurale_server::passwords::HashError),
     #[error("invalid token")]
     Token(#[from] jsonwebtoken::errors::Error),
 }
@@ -43,53 +40,6 @@ impl From<UserRecord> for CurrentUser {
     fn from(u: UserRecord) -> Self {
         Self { id: u.id, username: u.username, role: u.role }
     }
-}
-
-/// Checks a new password against the policy; `Err` holds the reason.
-pub fn check_password_policy(password: &str) -> Result<(), &'static str> {
-    let n = password.chars().count();
-    if n < MIN_PASSWORD_CHARS {
-        Err("password_too_short")
-    } else if n > MAX_PASSWORD_CHARS {
-        Err("password_too_long")
-    } else {
-        Ok(())
-    }
-}
-
-/// An argon2id PHC string. Slow on purpose: call it off the async runtime.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AuthError::Hash)
-}
-
-/// Constant-time check of `password` against a PHC string.
-#[must_use]
-pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
-}
-
-/// A hash of a random string, checked against when a username is unknown so
-/// that refusals take the same time either way.
-pub fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| hash_password(&random_token()).unwrap_or_default())
-}
-
-/// A fresh random token (256 bits, URL-safe base64).
-#[must_use]
-pub fn random_token() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-}
-
-/// What the database stores for a session token.
-#[must_use]
-pub fn hash_token(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest.iter() {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,15 +123,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_verify_only_themselves() {
-        let h = hash_password("correct horse").expect("hash");
-        assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password(&h, "correct horse"));
-        assert!(!verify_password(&h, "Correct horse"));
-        assert!(!verify_password("not a hash", "correct horse"));
-    }
-
-    #[test]
     fn tokens_round_trip_and_reject_tampering() {
         let keys = TokenKeys::from_secret(&[7; 32], 5);
         let user = CurrentUser { id: UserId::new(), username: "awa".into(), role: Role::Clinician };
@@ -207,13 +148,5 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(TOKEN_KEY_FILE)).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-    }
-
-    #[test]
-    fn session_tokens_are_random_and_hashed() {
-        let a = random_token();
-        assert_ne!(a, random_token());
-        assert_eq!(hash_token(&a).len(), 64);
-        assert_ne!(hash_token(&a), a);
     }
 }

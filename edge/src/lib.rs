@@ -148,18 +148,7 @@ pub async fn sync_status(state: &AppState) -> Result<SyncStatus, StoreError> {
         .await
 }
 
-/// An error and its sources, joined: what the log shows for an internal failure.
-#[must_use]
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut chain = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
-    chain
-}
+pub use santerurale_server::error_chain;
 
 /// Usernames: 2 to 40 of letters, digits, `.`, `_`, `-`; returned trimmed.
 pub fn validate_username(raw: &str) -> Result<String, &'static str> {

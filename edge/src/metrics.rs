@@ -60,13 +60,7 @@ impl Metrics {
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let class = santerurale_server::status_class(status);
         self.http_requests.with_label_values(&[method, route, class]).inc();
         self.http_duration.with_label_values(&[method, route]).observe(seconds);
     }

@@ -12,35 +12,35 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use axum::extract::{FromRequestParts, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use santerurale_shared::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use santerurale_server::passwords::{
+    MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, check_password_policy, dummy_hash, hash_password, verify_password,
+};
+pub use santerurale_server::tokens::random_token;
 
 use crate::AppState;
 use crate::api::error::{ApiError, ApiJson};
 
 /// Directory in the data directory holding the token-signing keys.
 pub const KEYS_DIR: &str = "jwt-keys";
-pub const MIN_PASSWORD_CHARS: usize = 8;
-pub const MAX_PASSWORD_CHARS: usize = 200;
 const KEY_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("cannot read or create the token-signing key {path}")]
     KeyFile { path: PathBuf, source: std::io::Error },
-    #[error("password hashing failed: {0}")]
-    Hash(argon2::password_hash::Error),
+    #[error(transparent)]
+    Hash(#[from] santerurale_server::passwords::HashError),
     #[error("invalid token")]
     Token(#[from] jsonwebtoken::errors::Error),
     #[error("the token was signed with an unknown key")]
@@ -107,42 +107,6 @@ impl FromRequestParts<AppState> for CurrentUser {
             .verify(token.trim())
             .map_err(|_| ApiError::unauthorized("the token is invalid or has expired; sign in again"))
     }
-}
-
-/// Checks a new password against the policy; `Err` holds the reason.
-pub fn check_password_policy(password: &str) -> Result<(), &'static str> {
-    let n = password.chars().count();
-    if n < MIN_PASSWORD_CHARS {
-        Err("password_too_short")
-    } else if n > MAX_PASSWORD_CHARS {
-        Err("password_too_long")
-    } else {
-        Ok(())
-    }
-}
-
-/// An argon2id PHC string. Slow on purpose: call it off the async runtime.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AuthError::Hash)
-}
-
-/// Constant-time check of `password` against a PHC string.
-#[must_use]
-pub fn verify_password(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
-}
-
-/// A hash checked against when a username is unknown, so that refusals take
-/// the same time either way.
-pub fn dummy_hash() -> &'static str {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| hash_password(&random_token()).unwrap_or_default())
-}
-
-/// A fresh random token (256 bits, URL-safe base64).
-#[must_use]
-pub fn random_token() -> String {
-    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -119,7 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         tracing::info!(address = %local, "hub listening");
         println!("Santé Rurale hub is running on http://{local}/");
-        crate::serve(listener, state, shutdown_signal()).await?;
+        crate::serve(listener, state, santerurale_server::shutdown_signal()).await?;
         anyhow::Ok(())
     }
     .await;
@@ -127,19 +127,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     db.close().await.context("cannot stop the database")?;
     tracing::info!("hub stopped");
     result
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
 }

@@ -94,15 +94,4 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// An error and its sources, joined: what the log shows for an internal failure.
-#[must_use]
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut chain = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
-    chain
-}
+pub use santerurale_server::error_chain;

@@ -52,7 +52,8 @@ pub async fn add_user(pool: &Pool, username: &str, role: Role, password: &str) -
     let username = validate_username(username).map_err(UserError::InvalidUsername)?;
     check_password_policy(password).map_err(UserError::WeakPassword)?;
     let password = password.to_owned();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
+    let hash =
+        tokio::task::spawn_blocking(move || hash_password(&password)).await?.map_err(crate::auth::AuthError::from)?;
     let client = pool.get().await.map_err(DbError::from)?;
     let row = client
         .query_one(
