@@ -43,8 +43,8 @@ pub enum Command {
         /// The hub's address, e.g. http://127.0.0.1:8443 (plain HTTP: loopback only unless --insecure-http)
         #[arg(long)]
         hub: String,
-        /// The enrollment token a hub admin made for this site
-        #[arg(long, env = "EDGE_ENROLL_TOKEN", hide_env_values = true)]
+        /// The enrollment token a hub admin made for this site (base64url: it may start with '-')
+        #[arg(long, env = "EDGE_ENROLL_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
         token: String,
         /// Replace an existing enrollment and its device key
         #[arg(long)]
@@ -224,4 +224,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("edge stopped");
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn an_enrollment_token_may_start_with_a_hyphen() {
+        let cli = Cli::try_parse_from(["edge", "enroll", "--hub", "http://127.0.0.1:8090", "--token", "-gecgNOpo9PXa"])
+            .expect("parses");
+        assert!(matches!(cli.command, Some(Command::Enroll { token, .. }) if token == "-gecgNOpo9PXa"));
+    }
 }

@@ -1,4 +1,5 @@
-//! A small JSON client for the edge's `/api/v1`.
+//! A small JSON client for the edge's and the hub's `/api/v1` (both sign in
+//! the same way).
 
 use std::fmt;
 
@@ -42,7 +43,7 @@ impl std::error::Error for CallError {
     }
 }
 
-/// A JSON client for the edge's `/api/v1`.
+/// A JSON client for an edge's or a hub's `/api/v1`.
 #[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
@@ -87,6 +88,23 @@ impl Api {
             return Err(CallError::Status { call, status, body: text });
         }
         serde_json::from_str(&text).map_err(|_| CallError::Status { call, status, body: format!("not JSON: {text}") })
+    }
+
+    /// `GET path` as text (`/metrics`), expecting 200.
+    pub async fn text(&self, path: &str) -> Result<String, CallError> {
+        let call = format!("GET {path}");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .map_err(|source| CallError::Transport { call: call.clone(), source })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|source| CallError::Transport { call: call.clone(), source })?;
+        if status != StatusCode::OK {
+            return Err(CallError::Status { call, status, body: text });
+        }
+        Ok(text)
     }
 
     /// `POST /api/v1/patients`; the 201 body (the patient, with its `id`).

@@ -1,8 +1,8 @@
 //! Harness for the cross-process end-to-end tests in `tests/tests/`.
 //!
-//! The tests run the real `edge` binary as a child process on a loopback
-//! port, talk to it over HTTP as a client would, and inspect its SQLite file
-//! once it is dead. Nothing here sleeps to synchronise: readiness is polled
+//! The tests run the real `edge` and `hub` binaries as child processes on
+//! loopback ports, talk to them over HTTP as a client would, and inspect the
+//! edge's SQLite file and the hub's PostgreSQL database from outside. Nothing here sleeps to synchronise: readiness is polled
 //! against a deadline ([`poll_until`], [`EdgeDir::start`]).
 //!
 //! - [`edge_binary`] finds the binary next to the test executable (cargo does
@@ -11,22 +11,36 @@
 //! - [`EdgeDir`] is a throwaway data directory; [`EdgeDir::cli`] runs a
 //!   one-shot subcommand (`user add`, `reindex`, `backup`), [`EdgeDir::start`]
 //!   a server on a free port.
-//! - [`EdgeProcess`] is a running server, killed with SIGKILL when dropped.
+//! - [`EdgeProcess`] / [`HubProcess`] ([`ServerProcess`]) is a running
+//!   server, killed with SIGKILL when dropped; [`CliChild`] a one-shot
+//!   command in the background (an `edge sync` to kill).
+//! - [`HubDir`] is a hub's data directory on a fresh database
+//!   ([`TestDatabase`], dropped at the end), started with [`HubDir::start`]
+//!   as often as needed; [`create_site`], [`enrollment_token`] and
+//!   [`metric_value`] are the hub calls the tests share, and
+//!   [`HubDir::change_log`] reads its change log from the database.
 //! - [`Api`] is a small JSON client for `/api/v1` whose errors tell "no
 //!   response at all" from "a response with the wrong status".
 //! - [`ProcessGroupGuard`] runs a helper program (chromedriver) in its own
 //!   process group and kills the whole group on drop, browser included.
 //! - [`open_read_only`], [`check_integrity`], [`dump_table`] read an edge's
-//!   SQLite file from outside once its process is dead.
+//!   SQLite file from outside once its process is dead; [`read_outbox`]
+//!   reads its outbox (also while it runs: WAL readers do not block it).
 //!
-//! Environment: `SANTERURALE_EDGE_BIN` overrides the binary,
+//! Environment: `SANTERURALE_EDGE_BIN` and `SANTERURALE_HUB_BIN` override the
+//! binaries, `SANTERURALE_TEST_DATABASE_URL` the PostgreSQL server (default:
+//! trust auth as `postgres` on 127.0.0.1:5432; none is a failure, not a skip),
 //! `SANTERURALE_E2E_KEEP=1` keeps the temporary directories (data, logs) for
-//! inspection. Every `EDGE_*` variable is removed from the children's
-//! environment so that the developer's own settings cannot leak in.
+//! inspection (and the databases). Every `EDGE_*`, `HUB_*` and `DATABASE_URL`
+//! variable is removed from the children's environment so that the
+//! developer's own settings cannot leak in.
 
 mod api;
 mod edge;
+mod hub;
+mod postgres;
 mod process;
+mod server;
 mod sqlite;
 
 use std::future::Future;
@@ -39,8 +53,11 @@ use tempfile::TempDir;
 
 pub use api::{Api, CallError};
 pub use edge::{EdgeDir, EdgeProcess};
+pub use hub::{HubChange, HubDir, HubProcess, create_site, enrollment_token, metric_value};
+pub use postgres::TestDatabase;
 pub use process::ProcessGroupGuard;
-pub use sqlite::{check_integrity, dump_rows, dump_table, open_read_only};
+pub use server::{CliChild, CliOutput, ServerProcess};
+pub use sqlite::{OutboxRow, check_integrity, dump_rows, dump_table, open_read_only, read_outbox};
 
 /// How often readiness and other conditions are re-checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -55,9 +72,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The edge binary: `$SANTERURALE_EDGE_BIN`, or `<target>/<profile>/edge`
 /// next to the running test executable (`<target>/<profile>/deps/<test>-<hash>`).
 pub fn edge_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SANTERURALE_EDGE_BIN") {
+    workspace_binary("edge", "SANTERURALE_EDGE_BIN")
+}
+
+/// The hub binary: `$SANTERURALE_HUB_BIN`, or `<target>/<profile>/hub`.
+pub fn hub_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("hub", "SANTERURALE_HUB_BIN")
+}
+
+fn workspace_binary(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
         let path = PathBuf::from(path);
-        ensure!(path.is_file(), "SANTERURALE_EDGE_BIN={} is not a file", path.display());
+        ensure!(path.is_file(), "{env_var}={} is not a file", path.display());
         return Ok(path);
     }
     let exe = std::env::current_exe().context("cannot find the test executable's path")?;
@@ -65,12 +91,12 @@ pub fn edge_binary() -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .with_context(|| format!("unexpected test executable path {}", exe.display()))?;
-    let bin = profile_dir.join(format!("edge{}", std::env::consts::EXE_SUFFIX));
+    let bin = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     ensure!(
         bin.is_file(),
-        "the edge binary {} does not exist: run `cargo build -p edge --bins` first \
+        "the {name} binary {} does not exist: run `cargo build -p {name} --bins` first \
          (the tests start the real binary; cargo does not build it for another package), \
-         or point SANTERURALE_EDGE_BIN at one",
+         or point {env_var} at one",
         bin.display()
     );
     Ok(bin)

@@ -1,5 +1,6 @@
 //! Reading an edge's SQLite file from outside, with no process running on it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,4 +67,33 @@ pub fn check_integrity(conn: &rusqlite::Connection) -> anyhow::Result<()> {
     let dangling = dump_rows(conn, "PRAGMA foreign_key_check")?;
     ensure!(dangling.is_empty(), "PRAGMA foreign_key_check: {dangling:?}");
     Ok(())
+}
+
+/// One row of an edge's outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub patient_id: String,
+    /// `acked_at` is set: the hub acknowledged it.
+    pub acked: bool,
+}
+
+/// An edge's outbox keyed by change hash (lower-case hex, as the hub's
+/// `encode(change_hash, 'hex')`), read-only. Fails if a hash appears twice.
+pub fn read_outbox(db: &Path) -> anyhow::Result<BTreeMap<String, OutboxRow>> {
+    let conn = open_read_only(db)?;
+    let mut stmt =
+        conn.prepare("SELECT seq, change_hash, patient_id, acked_at IS NOT NULL FROM outbox ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(1)?.to_ascii_lowercase(),
+            OutboxRow { seq: r.get(0)?, patient_id: r.get(2)?, acked: r.get(3)? },
+        ))
+    })?;
+    let mut outbox = BTreeMap::new();
+    for row in rows {
+        let (hash, row) = row?;
+        ensure!(outbox.insert(hash.clone(), row).is_none(), "the edge outbox holds change {hash} twice");
+    }
+    Ok(outbox)
 }
