@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod devices;
 pub mod metrics;
+pub mod patients;
 pub mod pg;
 pub mod sites;
 pub mod sync;

@@ -24,6 +24,8 @@ pub struct Metrics {
     http_duration: HistogramVec,
     /// `sync_push_requests_total{result}`: `ok` or the error code.
     pub sync_push_requests: IntCounterVec,
+    /// `sync_pull_requests_total{result}`: `ok` or the error code.
+    pub sync_pull_requests: IntCounterVec,
     /// `sync_changes_applied_total`: changes new to the hub.
     pub sync_changes_applied: IntCounter,
     /// `sync_pending_operations{site}`: outbox depths last reported by the
@@ -56,6 +58,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let sync_pull_requests = IntCounterVec::new(
+            Opts::new("sync_pull_requests_total", "Sync pull requests, by result (ok or the error code)."),
+            &["result"],
+        )
+        .expect("valid metric");
         let sync_changes_applied =
             IntCounter::new("sync_changes_applied_total", "Changes pushed by edges that were new to the hub.")
                 .expect("valid metric");
@@ -73,6 +80,7 @@ impl Metrics {
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(sync_push_requests.clone()),
+            Box::new(sync_pull_requests.clone()),
             Box::new(sync_changes_applied.clone()),
             Box::new(sync_pending_operations.clone()),
             Box::new(sync_last_contact.clone()),
@@ -84,6 +92,7 @@ impl Metrics {
             http_requests,
             http_duration,
             sync_push_requests,
+            sync_pull_requests,
             sync_changes_applied,
             sync_pending_operations,
             sync_last_contact,

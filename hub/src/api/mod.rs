@@ -12,5 +12,9 @@ use crate::AppState;
 
 /// Every `/api/v1` route.
 pub fn router() -> Router<AppState> {
-    Router::new().merge(crate::auth::router()).merge(crate::sites::router()).merge(crate::devices::router())
+    Router::new()
+        .merge(crate::auth::router())
+        .merge(crate::sites::router())
+        .merge(crate::devices::router())
+        .merge(crate::patients::router())
 }

@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("../../../migrations/hub/0001_init.sql") },
     Migration { version: 2, name: "sync_push", sql: include_str!("../../../migrations/hub/0002_sync_push.sql") },
+    Migration {
+        version: 3,
+        name: "documents_projection",
+        sql: include_str!("../../../migrations/hub/0003_documents_projection.sql"),
+    },
 ];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).

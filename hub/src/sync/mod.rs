@@ -9,11 +9,16 @@
 //! `retryable` is true only when the same request may pass later unchanged:
 //! the database was unavailable, or the hub failed internally.
 //!
-//! So far only push is served ([`push`]): changes are stored once each in
-//! the `changes` log with their provenance. Not yet done (issue 3, next
-//! steps): applying them to per-patient Automerge documents and the
-//! patients/encounters projection, conflict detection, and pull.
+//! [`push`] stores changes once each in the `changes` log with their
+//! provenance and, in the same transaction, [`apply`]s them to per-patient
+//! Automerge documents and the patients/encounters projection; [`pull`]
+//! serves the log back to the sites that hold each patient. Not yet done
+//! (issue 3, next steps): conflict detection, and fetching the earlier
+//! history of a patient a site starts holding through a cross-site lookup.
 
+pub mod apply;
+pub mod document;
+pub mod pull;
 pub mod push;
 
 use axum::Json;
@@ -97,5 +102,5 @@ impl IntoResponse for SyncError {
 
 /// The sync routes; `max_body_bytes` bounds a request body as sent.
 pub fn router(max_body_bytes: usize) -> axum::Router<crate::AppState> {
-    push::router(max_body_bytes)
+    push::router(max_body_bytes).merge(pull::router(max_body_bytes))
 }

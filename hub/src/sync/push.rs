@@ -25,6 +25,9 @@
 //! - inserts every change with `ON CONFLICT (change_hash) DO NOTHING`: a
 //!   change already stored (a re-sent batch whose ack was lost) counts as a
 //!   duplicate;
+//! - records that the device's site holds every patient of the batch
+//!   (`site_patients`, what pull serves it), and applies the new changes to
+//!   the patients' documents and the projection ([`super::apply`]);
 //! - records the device's contact time, reported outbox depth and highest
 //!   seq stored; a device revoked since step 3 refuses the whole request.
 //!
@@ -64,10 +67,10 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
 
 /// The enrolled device that signed a request.
 #[derive(Debug)]
-struct Sender {
-    id: DeviceId,
-    site_id: SiteId,
-    site_code: String,
+pub(super) struct Sender {
+    pub id: DeviceId,
+    pub site_id: SiteId,
+    pub site_code: String,
     public_key: Vec<u8>,
     revoked: bool,
     last_push_seq: i64,
@@ -117,6 +120,51 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, SyncError> {
+    let Authenticated { signed, sender, body, now } = authenticate(state, uri, headers, body).await?;
+    let max_body = state.config.sync_max_body_bytes;
+
+    // Inflating and parsing up to tens of MiB is CPU work: off the runtime.
+    let device = sender.id;
+    let limit = max_body.saturating_mul(INFLATE_FACTOR);
+    let checked = tokio::task::spawn_blocking(move || check(&body, limit, device))
+        .await
+        .map_err(|e| SyncError::internal(&e))??;
+
+    let stored = store(&state.db, &sender, &signed.nonce, &checked).await?;
+    let m = &state.metrics;
+    m.sync_changes_applied.inc_by(u64::from(stored.response.applied));
+    m.sync_pending_operations.with_label_values(&[sender.site_code.as_str()]).set(stored.site_pending);
+    m.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
+    if let Err(e) = purge_nonces(&state.db).await {
+        tracing::warn!(error = %crate::error_chain(&e), "sync: purging old nonces failed");
+    }
+    tracing::debug!(
+        device = %sender.id,
+        site = %sender.site_id,
+        applied = stored.response.applied,
+        duplicates = stored.response.duplicates,
+        "sync push stored"
+    );
+    let body = encode_push_response(&stored.response).map_err(|e| SyncError::internal(&e))?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response())
+}
+
+/// A sync request whose signature verified, from an enrolled device that is
+/// not revoked (checks 1 to 3 above; pull makes the same ones).
+pub(super) struct Authenticated {
+    pub signed: SignedHeaders,
+    pub sender: Sender,
+    pub body: Bytes,
+    /// Unix seconds when the request was verified.
+    pub now: i64,
+}
+
+pub(super) async fn authenticate(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Authenticated, SyncError> {
     let signed = SignedHeaders::from_headers(|name| headers.get(name)?.to_str().ok())?;
     let max_body = state.config.sync_max_body_bytes;
     let body = body.map_err(|e| {
@@ -146,33 +194,10 @@ async fn handle(
         return Err(revoked());
     }
 
-    // Inflating and parsing up to tens of MiB is CPU work: off the runtime.
-    let device = sender.id;
-    let limit = max_body.saturating_mul(INFLATE_FACTOR);
-    let checked = tokio::task::spawn_blocking(move || check(&body, limit, device))
-        .await
-        .map_err(|e| SyncError::internal(&e))??;
-
-    let stored = store(&state.db, &sender, &signed.nonce, &checked).await?;
-    let m = &state.metrics;
-    m.sync_changes_applied.inc_by(u64::from(stored.response.applied));
-    m.sync_pending_operations.with_label_values(&[sender.site_code.as_str()]).set(stored.site_pending);
-    m.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
-    if let Err(e) = purge_nonces(&state.db).await {
-        tracing::warn!(error = %crate::error_chain(&e), "sync: purging old nonces failed");
-    }
-    tracing::debug!(
-        device = %sender.id,
-        site = %sender.site_id,
-        applied = stored.response.applied,
-        duplicates = stored.response.duplicates,
-        "sync push stored"
-    );
-    let body = encode_push_response(&stored.response).map_err(|e| SyncError::internal(&e))?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response())
+    Ok(Authenticated { signed, sender, body, now })
 }
 
-fn revoked() -> SyncError {
+pub(super) fn revoked() -> SyncError {
     SyncError::rejected(
         StatusCode::FORBIDDEN,
         codes::REVOKED_DEVICE,
@@ -294,16 +319,31 @@ async fn store(
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY]).await?;
         let patients: Vec<uuid::Uuid> = batch.iter().map(|c| *c.patient_id.as_uuid()).collect();
         let bytes: Vec<&[u8]> = batch.iter().map(|c| c.change.as_slice()).collect();
-        applied = tx
-            .execute(
+        let inserted = tx
+            .query(
                 "INSERT INTO changes (change_hash, patient_id, site_id, device_id, bytes)
                  SELECT h, p, $4, $5, b
                  FROM unnest($1::bytea[], $2::uuid[], $3::bytea[]) WITH ORDINALITY AS t(h, p, b, n)
                  ORDER BY n
-                 ON CONFLICT (change_hash) DO NOTHING",
+                 ON CONFLICT (change_hash) DO NOTHING
+                 RETURNING patient_id, bytes",
                 &[&checked.hashes, &patients, &bytes, sender.site_id.as_uuid(), sender.id.as_uuid()],
             )
             .await?;
+        applied = u64::try_from(inserted.len()).unwrap_or(u64::MAX);
+        // The site now holds every patient it pushed to, duplicates included
+        // (a change it pulled, then edited, names a patient it holds).
+        tx.execute(
+            "INSERT INTO site_patients (site_id, patient_id)
+             SELECT $1, p FROM unnest($2::uuid[]) AS t(p) ON CONFLICT DO NOTHING",
+            &[sender.site_id.as_uuid(), &patients],
+        )
+        .await?;
+        let new = inserted
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+        super::apply::apply(&tx, sender.site_id, sender.id, new).await?;
     }
     // Both fit: seqs were checked to fit an i64, and a batch is far smaller
     // than u32::MAX changes.

@@ -3,11 +3,14 @@
 
 mod auth;
 mod cli;
+mod edge_doc;
 mod embedded;
 mod enrollment;
 mod health_metrics;
 mod migrations;
 mod sites;
 mod support;
+mod sync_apply;
+mod sync_pull;
 mod sync_push;
 mod sync_push_refusals;

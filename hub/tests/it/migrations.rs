@@ -19,7 +19,19 @@ async fn apply_on_an_empty_database_then_are_idempotent() {
     let tables: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(
         tables,
-        ["changes", "devices", "enrollment_tokens", "hub_schema_migrations", "sites", "sync_nonces", "users"]
+        [
+            "changes",
+            "devices",
+            "documents",
+            "encounters",
+            "enrollment_tokens",
+            "hub_schema_migrations",
+            "patients",
+            "site_patients",
+            "sites",
+            "sync_nonces",
+            "users"
+        ]
     );
 }
 

@@ -1,0 +1,350 @@
+//! Applying stored changes to per-patient Automerge documents and the
+//! patients/encounters projection, in the push's own transaction.
+//!
+//! For each patient a batch touches (new changes only: a duplicate is
+//! already in its document):
+//! 1. the saved document is loaded from `documents` (or started empty);
+//! 2. the batch's changes are applied at once (`apply_changes`, one call per
+//!    document, which is several times faster than one call per change);
+//! 3. the document is saved back and read (see [`super::document`]) into
+//!    `patients` and `encounters`, which are rewritten for that patient.
+//!
+//! A change whose dependencies the hub has not received (an edge's older
+//! change still on its way through another site) stays in the `changes`
+//! log, which is the source of truth: Automerge queues it, and `save()`
+//! leaves queued changes out. The document is then marked `incomplete`, and
+//! the next apply for that patient replays the patient's whole log first,
+//! so the queued change lands once its dependency arrives.
+//!
+//! The push transaction holds the log's advisory lock, so no two applies
+//! run at once and a document is never written from two stale copies.
+//! A change Automerge refuses to apply fails the whole push as an internal
+//! (retryable) error, so nothing is stored half-applied; such a change was
+//! already checked to decode, so this means a bug, logged with the patient.
+
+use std::collections::BTreeMap;
+
+use automerge::{AutoCommit, Change};
+use santerurale_shared::text::{fold, words};
+use santerurale_shared::{DeviceId, SiteId};
+use time::{Date, OffsetDateTime};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::SyncError;
+use super::document::{self, PatientRecord, ReadError};
+
+/// One patient's document after applying, ready to write.
+struct Applied {
+    patient: Uuid,
+    doc: Vec<u8>,
+    incomplete: bool,
+    record: Option<PatientRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot apply the changes of patient {patient}")]
+pub struct ApplyError {
+    patient: Uuid,
+    #[source]
+    source: Box<automerge::AutomergeError>,
+}
+
+/// Applies `new` (patient id and change bytes, as stored) and refreshes the
+/// projection; `device` is the device that pushed them.
+pub async fn apply(
+    tx: &Transaction<'_>,
+    site: SiteId,
+    device: DeviceId,
+    new: Vec<(Uuid, Vec<u8>)>,
+) -> Result<(), SyncError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut batches: BTreeMap<Uuid, Vec<Vec<u8>>> = BTreeMap::new();
+    for (patient, bytes) in new {
+        batches.entry(patient).or_default().push(bytes);
+    }
+    let ids: Vec<Uuid> = batches.keys().copied().collect();
+    let mut saved: BTreeMap<Uuid, Vec<u8>> = BTreeMap::new();
+    let mut incomplete = Vec::new();
+    for row in tx
+        .query("SELECT patient_id, doc, incomplete FROM documents WHERE patient_id = ANY($1) FOR UPDATE", &[&ids])
+        .await?
+    {
+        let id: Uuid = row.try_get(0)?;
+        saved.insert(id, row.try_get(1)?);
+        if row.try_get(2)? {
+            incomplete.push(id);
+        }
+    }
+    if !incomplete.is_empty() {
+        // Replay the whole log of these patients, in log order, before the
+        // new changes (already in the log too: applying twice is a no-op).
+        let rows = tx
+            .query("SELECT patient_id, bytes FROM changes WHERE patient_id = ANY($1) ORDER BY hub_seq", &[&incomplete])
+            .await?;
+        for row in rows {
+            batches.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
+        }
+    }
+
+    let applied = tokio::task::spawn_blocking(move || {
+        batches
+            .into_iter()
+            .map(|(patient, changes)| apply_one(patient, saved.remove(&patient), changes))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| SyncError::internal(&e))?
+    .map_err(|e| SyncError::internal(&e))?;
+
+    write_documents(tx, &applied).await?;
+    let records: Vec<&PatientRecord> = applied.iter().filter_map(|a| a.record.as_ref()).collect();
+    write_patients(tx, site, device, &records).await?;
+    write_encounters(tx, site, device, &records).await?;
+    Ok(())
+}
+
+fn apply_one(patient: Uuid, saved: Option<Vec<u8>>, changes: Vec<Vec<u8>>) -> Result<Applied, ApplyError> {
+    let fail = |source| ApplyError { patient, source: Box::new(source) };
+    let mut doc = match saved {
+        Some(bytes) => AutoCommit::load(&bytes).map_err(fail)?,
+        None => AutoCommit::new(),
+    };
+    // Every change was decoded when the push was checked; one that no
+    // longer decodes is skipped rather than blocking the patient.
+    let changes: Vec<Change> = changes.into_iter().filter_map(|b| Change::from_bytes(b).ok()).collect();
+    doc.apply_changes(changes).map_err(fail)?;
+    let incomplete = !doc.get_missing_deps(&[]).is_empty();
+    let record = match document::read(&doc) {
+        Ok(record) if *record.id.as_uuid() == patient => Some(record),
+        Ok(record) => {
+            tracing::warn!(%patient, named = %record.id, "sync: document names another patient; not projected");
+            None
+        }
+        Err(ReadError::Incomplete(_)) => None,
+        Err(e) => {
+            tracing::warn!(%patient, error = %crate::error_chain(&e), "sync: document not projected");
+            None
+        }
+    };
+    Ok(Applied { patient, doc: doc.save(), incomplete, record })
+}
+
+// The writes below take one statement per table for the whole batch
+// (arrays through `unnest`): a batch of thousands of patients would
+// otherwise cost thousands of round trips inside the push transaction.
+
+async fn write_documents(tx: &Transaction<'_>, applied: &[Applied]) -> Result<(), SyncError> {
+    let ids: Vec<Uuid> = applied.iter().map(|a| a.patient).collect();
+    let docs: Vec<&[u8]> = applied.iter().map(|a| a.doc.as_slice()).collect();
+    let incomplete: Vec<bool> = applied.iter().map(|a| a.incomplete).collect();
+    tx.execute(
+        "INSERT INTO documents (patient_id, doc, incomplete)
+         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bool[])
+         ON CONFLICT (patient_id) DO UPDATE
+         SET doc = EXCLUDED.doc, incomplete = EXCLUDED.incomplete, updated_at = now()",
+        &[&ids, &docs, &incomplete],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Upserts the patients; `site_id` is kept from the first write, which
+/// takes the site of the patient's first change in the log.
+async fn write_patients(
+    tx: &Transaction<'_>,
+    site: SiteId,
+    device: DeviceId,
+    records: &[&PatientRecord],
+) -> Result<(), SyncError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut c = PatientColumns::default();
+    for r in records {
+        let f = &r.fields;
+        let mut search = words(&format!("{} {}", f.given_name, f.family_name));
+        if let Some(national) = &f.national_id {
+            search.push(fold(national));
+        }
+        c.id.push(*r.id.as_uuid());
+        c.given_name.push(f.given_name.as_str());
+        c.family_name.push(f.family_name.as_str());
+        c.sex.push(f.sex.as_str());
+        c.birth_date.push(f.birth_date);
+        c.birth_date_estimated.push(f.birth_date_estimated);
+        c.phone.push(f.phone.as_ref().map(|p| p.as_str()));
+        c.village.push(f.village.as_str());
+        c.national_id.push(f.national_id.as_deref());
+        c.whatsapp_consent.push(f.whatsapp_consent);
+        c.whatsapp_consent_date.push(f.whatsapp_consent_date);
+        c.created_at.push(r.created_at);
+        c.updated_at.push(r.updated_at);
+        c.search.push(search.join(" "));
+        c.phone_digits.push(f.phone.as_ref().map(|p| p.digits()));
+    }
+    tx.execute(
+        "INSERT INTO patients (id, site_id, given_name, family_name, sex, birth_date, birth_date_estimated,
+                               phone, village, national_id, whatsapp_consent, whatsapp_consent_date,
+                               created_at, updated_at, last_device_id, search, phone_digits)
+         SELECT t.id,
+                coalesce((SELECT c.site_id FROM changes c WHERE c.patient_id = t.id ORDER BY c.hub_seq LIMIT 1), $1),
+                t.given_name, t.family_name, t.sex, t.birth_date, t.birth_date_estimated, t.phone, t.village,
+                t.national_id, t.whatsapp_consent, t.whatsapp_consent_date, t.created_at, t.updated_at, $2,
+                t.search, t.phone_digits
+         FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::date[], $8::bool[], $9::text[],
+                     $10::text[], $11::text[], $12::bool[], $13::date[], $14::timestamptz[], $15::timestamptz[],
+                     $16::text[], $17::text[])
+              AS t(id, given_name, family_name, sex, birth_date, birth_date_estimated, phone, village,
+                   national_id, whatsapp_consent, whatsapp_consent_date, created_at, updated_at, search,
+                   phone_digits)
+         ON CONFLICT (id) DO UPDATE SET
+             given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, sex = EXCLUDED.sex,
+             birth_date = EXCLUDED.birth_date, birth_date_estimated = EXCLUDED.birth_date_estimated,
+             phone = EXCLUDED.phone, village = EXCLUDED.village, national_id = EXCLUDED.national_id,
+             whatsapp_consent = EXCLUDED.whatsapp_consent, whatsapp_consent_date = EXCLUDED.whatsapp_consent_date,
+             created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+             last_device_id = EXCLUDED.last_device_id, search = EXCLUDED.search,
+             phone_digits = EXCLUDED.phone_digits",
+        &[
+            site.as_uuid(),
+            device.as_uuid(),
+            &c.id,
+            &c.given_name,
+            &c.family_name,
+            &c.sex,
+            &c.birth_date,
+            &c.birth_date_estimated,
+            &c.phone,
+            &c.village,
+            &c.national_id,
+            &c.whatsapp_consent,
+            &c.whatsapp_consent_date,
+            &c.created_at,
+            &c.updated_at,
+            &c.search,
+            &c.phone_digits,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct PatientColumns<'a> {
+    id: Vec<Uuid>,
+    given_name: Vec<&'a str>,
+    family_name: Vec<&'a str>,
+    sex: Vec<&'static str>,
+    birth_date: Vec<Date>,
+    birth_date_estimated: Vec<bool>,
+    phone: Vec<Option<&'a str>>,
+    village: Vec<&'a str>,
+    national_id: Vec<Option<&'a str>>,
+    whatsapp_consent: Vec<bool>,
+    whatsapp_consent_date: Vec<Option<Date>>,
+    created_at: Vec<OffsetDateTime>,
+    updated_at: Vec<OffsetDateTime>,
+    search: Vec<String>,
+    phone_digits: Vec<Option<&'a str>>,
+}
+
+/// Rewrites the encounters of these patients. Encounters are only ever
+/// added, so rewriting is simple; an encounter's site is its device's (the
+/// pushing site when the hub does not know the device).
+async fn write_encounters(
+    tx: &Transaction<'_>,
+    site: SiteId,
+    device: DeviceId,
+    records: &[&PatientRecord],
+) -> Result<(), SyncError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let patients: Vec<Uuid> = records.iter().map(|r| *r.id.as_uuid()).collect();
+    tx.execute("DELETE FROM encounters WHERE patient_id = ANY($1)", &[&patients]).await?;
+    let mut c = EncounterColumns::default();
+    for r in records {
+        for e in &r.encounters {
+            let enc = &e.encounter;
+            c.id.push(*enc.id.as_uuid());
+            c.patient.push(*r.id.as_uuid());
+            c.device.push(*e.device.unwrap_or(device).as_uuid());
+            c.date.push(enc.date);
+            c.kind.push(enc.kind.as_str());
+            c.complaint.push(enc.complaint.as_str());
+            c.diagnosis.push(enc.diagnosis.as_str());
+            c.icd10.push(enc.icd10.as_deref());
+            c.weight_kg.push(enc.weight_kg);
+            c.temperature_c.push(enc.temperature_c);
+            c.bp_systolic.push(enc.bp_systolic.map(i32::from));
+            c.bp_diastolic.push(enc.bp_diastolic.map(i32::from));
+            c.notes.push(enc.notes.as_str());
+            c.clinician.push(enc.clinician.as_str());
+            c.age_group.push(enc.age_group.as_str());
+            c.recorded_at.push(enc.recorded_at);
+        }
+    }
+    if c.id.is_empty() {
+        return Ok(());
+    }
+    // An encounter id found in two documents (never made by an edge) keeps
+    // its first copy rather than failing the push forever.
+    tx.execute(
+        "INSERT INTO encounters (id, patient_id, site_id, device_id, date, kind, complaint, diagnosis, icd10,
+                                 weight_kg, temperature_c, bp_systolic, bp_diastolic, notes, clinician,
+                                 age_group, recorded_at)
+         SELECT t.id, t.patient_id, coalesce((SELECT d.site_id FROM devices d WHERE d.id = t.device_id), $1),
+                t.device_id, t.date, t.kind, t.complaint, t.diagnosis, t.icd10, t.weight_kg, t.temperature_c,
+                t.bp_systolic, t.bp_diastolic, t.notes, t.clinician, t.age_group, t.recorded_at
+         FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::date[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::float8[], $11::float8[], $12::int4[], $13::int4[], $14::text[], $15::text[],
+                     $16::text[], $17::timestamptz[])
+              AS t(id, patient_id, device_id, date, kind, complaint, diagnosis, icd10, weight_kg, temperature_c,
+                   bp_systolic, bp_diastolic, notes, clinician, age_group, recorded_at)
+         ON CONFLICT (id) DO NOTHING",
+        &[
+            site.as_uuid(),
+            &c.id,
+            &c.patient,
+            &c.device,
+            &c.date,
+            &c.kind,
+            &c.complaint,
+            &c.diagnosis,
+            &c.icd10,
+            &c.weight_kg,
+            &c.temperature_c,
+            &c.bp_systolic,
+            &c.bp_diastolic,
+            &c.notes,
+            &c.clinician,
+            &c.age_group,
+            &c.recorded_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct EncounterColumns<'a> {
+    id: Vec<Uuid>,
+    patient: Vec<Uuid>,
+    device: Vec<Uuid>,
+    date: Vec<Date>,
+    kind: Vec<&'static str>,
+    complaint: Vec<&'a str>,
+    diagnosis: Vec<&'a str>,
+    icd10: Vec<Option<&'a str>>,
+    weight_kg: Vec<Option<f64>>,
+    temperature_c: Vec<Option<f64>>,
+    bp_systolic: Vec<Option<i32>>,
+    bp_diastolic: Vec<Option<i32>>,
+    notes: Vec<&'a str>,
+    clinician: Vec<&'a str>,
+    age_group: Vec<&'static str>,
+    recorded_at: Vec<OffsetDateTime>,
+}

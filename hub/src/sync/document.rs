@@ -1,0 +1,216 @@
+//! Reads a patient document into domain types, for the projection.
+//!
+//! The layout is the edge's (schema 1, documented in
+//! `edge/src/store/document.rs`): demographics are flat keys of the root
+//! map, encounters a map keyed by encounter id under `encounters`, dates
+//! `YYYY-MM-DD`, timestamps RFC 3339. When the same key was written
+//! concurrently the reader takes Automerge's deterministic winner (`get`).
+//! A document without the patient keys yet (its first change has not
+//! arrived) reads as [`ReadError::Incomplete`] and is left out of the
+//! projection until it does.
+
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use santerurale_shared::{AgeGroup, DeviceId, Encounter, EncounterKind, PatientFields, PatientId, Phone, Sex};
+use time::{Date, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the document has no {0} yet")]
+    Incomplete(&'static str),
+    #[error("the document's {0} is malformed")]
+    Malformed(String),
+    #[error("cannot read the document")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// An encounter with the device whose actor created it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocEncounter {
+    pub encounter: Encounter,
+    pub device: Option<DeviceId>,
+}
+
+/// What the projection needs of one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientRecord {
+    pub id: PatientId,
+    pub fields: PatientFields,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub encounters: Vec<DocEncounter>,
+}
+
+pub fn read(doc: &AutoCommit) -> Result<PatientRecord, ReadError> {
+    let r = Reader { doc };
+    let id: PatientId = r.string(&ROOT, "id")?.parse().map_err(|_| ReadError::Malformed("id".into()))?;
+    let sex = Sex::parse(&r.string(&ROOT, "sex")?).ok_or_else(|| ReadError::Malformed("sex".into()))?;
+    let birth_date = parse_date(&r.string(&ROOT, "birth_date")?).ok_or_else(|| malformed("birth_date"))?;
+    let fields = PatientFields {
+        given_name: r.string(&ROOT, "given_name")?,
+        family_name: r.string(&ROOT, "family_name")?,
+        sex,
+        birth_date,
+        birth_date_estimated: r.bool(&ROOT, "birth_date_estimated")?,
+        phone: r
+            .opt_string(&ROOT, "phone")?
+            .map(|p| Phone::from_e164(&p))
+            .transpose()
+            .map_err(|_| malformed("phone"))?,
+        village: r.opt_string(&ROOT, "village")?.unwrap_or_default(),
+        national_id: r.opt_string(&ROOT, "national_id")?,
+        whatsapp_consent: r.bool(&ROOT, "whatsapp_consent")?,
+        whatsapp_consent_date: r
+            .opt_string(&ROOT, "whatsapp_consent_date")?
+            .map(|s| parse_date(&s).ok_or_else(|| malformed("whatsapp_consent_date")))
+            .transpose()?,
+    };
+    let created_at = parse_timestamp(&r.string(&ROOT, "created_at")?).ok_or_else(|| malformed("created_at"))?;
+    let updated_at = r.opt_string(&ROOT, "updated_at")?.and_then(|s| parse_timestamp(&s)).unwrap_or(created_at);
+    let mut encounters = Vec::new();
+    if let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, "encounters")? {
+        for key in doc.keys(&obj) {
+            let Some((Value::Object(ObjType::Map), e)) = doc.get(&obj, key.as_str())? else {
+                return Err(malformed(&format!("encounter {key}")));
+            };
+            let device = match &e {
+                ObjId::Id(_, actor, _) => device_of(actor),
+                ObjId::Root => None,
+            };
+            encounters.push(DocEncounter { encounter: r.encounter(&key, &e, birth_date)?, device });
+        }
+    }
+    Ok(PatientRecord { id, fields, created_at, updated_at, encounters })
+}
+
+/// An edge's actor id is the 16 bytes of its device id.
+fn device_of(actor: &ActorId) -> Option<DeviceId> {
+    uuid::Uuid::from_slice(actor.to_bytes()).ok().map(DeviceId::from_uuid)
+}
+
+fn malformed(what: &str) -> ReadError {
+    ReadError::Malformed(what.to_owned())
+}
+
+fn parse_date(s: &str) -> Option<Date> {
+    Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()
+}
+
+fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+struct Reader<'a> {
+    doc: &'a AutoCommit,
+}
+
+impl Reader<'_> {
+    fn scalar(&self, obj: &ObjId, key: &str) -> Result<Option<ScalarValue>, ReadError> {
+        Ok(match self.doc.get(obj, key)? {
+            Some((Value::Scalar(s), _)) => Some(s.into_owned()),
+            _ => None,
+        })
+    }
+
+    fn opt_string(&self, obj: &ObjId, key: &str) -> Result<Option<String>, ReadError> {
+        Ok(self.scalar(obj, key)?.and_then(|s| s.as_str().map(str::to_owned)))
+    }
+
+    fn string(&self, obj: &ObjId, key: &'static str) -> Result<String, ReadError> {
+        self.opt_string(obj, key)?.ok_or(ReadError::Incomplete(key))
+    }
+
+    fn bool(&self, obj: &ObjId, key: &str) -> Result<bool, ReadError> {
+        Ok(matches!(self.scalar(obj, key)?, Some(ScalarValue::Boolean(true))))
+    }
+
+    fn f64(&self, obj: &ObjId, key: &str) -> Result<Option<f64>, ReadError> {
+        Ok(self.scalar(obj, key)?.and_then(|s| s.as_f64()))
+    }
+
+    fn u16(&self, obj: &ObjId, key: &str) -> Result<Option<u16>, ReadError> {
+        Ok(self.scalar(obj, key)?.and_then(|s| s.as_u64()).and_then(|v| u16::try_from(v).ok()))
+    }
+
+    fn encounter(&self, key: &str, e: &ObjId, birth_date: Date) -> Result<Encounter, ReadError> {
+        let bad = |k: &str| malformed(&format!("encounter {key}: {k}"));
+        let text = |k: &'static str| self.string(e, k);
+        let date = parse_date(&text("date")?).ok_or_else(|| bad("date"))?;
+        Ok(Encounter {
+            id: key.parse().map_err(|_| bad("id"))?,
+            date,
+            kind: EncounterKind::parse(&text("kind")?).ok_or_else(|| bad("kind"))?,
+            complaint: text("complaint")?,
+            diagnosis: text("diagnosis")?,
+            icd10: self.opt_string(e, "icd10")?,
+            weight_kg: self.f64(e, "weight_kg")?,
+            temperature_c: self.f64(e, "temperature_c")?,
+            bp_systolic: self.u16(e, "bp_systolic")?,
+            bp_diastolic: self.u16(e, "bp_diastolic")?,
+            notes: text("notes")?,
+            clinician: text("clinician")?,
+            age_group: AgeGroup::at(birth_date, date),
+            recorded_at: parse_timestamp(&text("recorded_at")?).ok_or_else(|| bad("recorded_at"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable as _;
+
+    use super::*;
+
+    fn patient_doc(device: DeviceId) -> AutoCommit {
+        let mut doc = AutoCommit::new().with_actor(ActorId::from(device.as_uuid().as_bytes().as_slice()));
+        doc.put(ROOT, "id", PatientId::new().to_string()).expect("put");
+        for (k, v) in [
+            ("given_name", "Awa"),
+            ("family_name", "Diarra"),
+            ("sex", "female"),
+            ("birth_date", "2024-01-01"),
+            ("village", "Kati"),
+            ("created_at", "2026-01-01T10:00:00Z"),
+        ] {
+            doc.put(ROOT, k, v).expect("put");
+        }
+        doc
+    }
+
+    #[test]
+    fn reads_the_edge_layout_with_each_encounter_device() {
+        let device = DeviceId::new();
+        let mut doc = patient_doc(device);
+        let encounters = doc.put_object(ROOT, "encounters", ObjType::Map).expect("put");
+        let id = santerurale_shared::EncounterId::new();
+        let e = doc.put_object(&encounters, id.to_string(), ObjType::Map).expect("put");
+        for (k, v) in [
+            ("date", "2026-01-10"),
+            ("kind", "vaccination"),
+            ("complaint", ""),
+            ("diagnosis", ""),
+            ("notes", ""),
+            ("clinician", "moussa"),
+            ("recorded_at", "2026-01-10T09:00:00Z"),
+        ] {
+            doc.put(&e, k, v).expect("put");
+        }
+        doc.put(&e, "bp_systolic", ScalarValue::Uint(110)).expect("put");
+        let record = read(&doc).expect("readable");
+        assert_eq!(record.fields.given_name, "Awa");
+        assert_eq!(record.updated_at, record.created_at, "no updated_at: the creation time");
+        assert_eq!(record.encounters.len(), 1);
+        let got = &record.encounters[0];
+        assert_eq!(got.device, Some(device));
+        assert_eq!(got.encounter.id, id);
+        assert_eq!(got.encounter.bp_systolic, Some(110));
+        assert_eq!(got.encounter.age_group, AgeGroup::at(record.fields.birth_date, got.encounter.date));
+    }
+
+    #[test]
+    fn missing_keys_are_incomplete_and_bad_values_malformed() {
+        assert!(matches!(read(&AutoCommit::new()), Err(ReadError::Incomplete("id"))));
+        let mut doc = patient_doc(DeviceId::new());
+        doc.put(ROOT, "sex", "other").expect("put");
+        assert!(matches!(read(&doc), Err(ReadError::Malformed(_))));
+    }
+}
