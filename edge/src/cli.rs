@@ -158,16 +158,18 @@ fn enroll(config: &Config, options: crate::sync::EnrollOptions) -> anyhow::Resul
 
 fn sync(config: &Config) -> anyhow::Result<()> {
     let store = open_store(config)?;
-    let pushed = small_runtime()?.block_on(crate::sync::push(
+    let synced = small_runtime()?.block_on(crate::sync::sync(
         &store,
         &config.data_dir,
         santerurale_shared::sync::PushConfig::default(),
+        crate::sync::DEFAULT_PULL_BYTES,
     ));
-    match pushed {
+    match synced {
         Ok(r) => {
             println!(
-                "pushed {} changes in {} requests ({} new to the hub, {} it already had); pull is not built yet",
-                r.pushed, r.batches, r.applied, r.duplicates
+                "pushed {} changes in {} requests ({} new to the hub, {} it already had); \
+                 pulled {} changes in {} pages ({} new here)",
+                r.pushed, r.batches, r.applied, r.duplicates, r.pulled, r.pull_pages, r.pulled_new
             );
             Ok(())
         }

@@ -1,11 +1,14 @@
-//! Enrollment and push against a fake hub: a test double of the hub's
-//! contract (`POST /api/v1/devices/enroll`, `POST /api/v1/sync/push`) served
+//! Enrollment, push and pull against a fake hub: a test double of the hub's
+//! contract (`POST /api/v1/devices/enroll`, `POST /api/v1/sync/push`,
+//! `POST /api/v1/sync/pull`) served
 //! in-process on a loopback port, ready once its listener is bound. It
 //! checks every signature with `shared::sync::verify`, decodes each push,
 //! counts the changes it receives by Automerge hash, and fails on command.
 //! It also counts pushes in flight (two at once would mean two sync runs
 //! overlapped) and can hold pushes at a gate, so tests of the background
 //! scheduler wait on its counters rather than on the clock.
+//! Pulls are served from a scripted log of [`HubChange`]s, a few per page,
+//! and can fail or be cut mid-response on command.
 //! The end-to-end test against the real hub belongs in the top-level `tests/`.
 
 use std::collections::{HashMap, VecDeque};
@@ -26,10 +29,10 @@ use edge::sync::scheduler::Schedule;
 use edge::sync::{EnrollError, EnrollOptions, SyncError};
 use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{
-    BatchPolicy, ErrorBody, PUSH_PATH, PushConfig, PushResponse, SignedHeaders, VerifyingKey, decode_push,
-    encode_push_response, verify,
+    BatchPolicy, ErrorBody, HubChange, PULL_PATH, PUSH_PATH, PullResponse, PushConfig, PushResponse, SignedHeaders,
+    VerifyingKey, decode_pull, decode_push, encode_pull_response, encode_push_response, verify,
 };
-use santerurale_shared::{DeviceId, PatientDraft, SiteId};
+use santerurale_shared::{DeviceId, PatientDraft, PatientId, SiteId};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "good-token";
@@ -42,6 +45,15 @@ enum Fault {
     ServerError,
     /// Store the batch, then drop the connection: the edge never sees the ack.
     DropAfterStore,
+}
+
+/// What the fake hub does with the next pull.
+#[derive(Debug, Clone, Copy)]
+enum PullFault {
+    /// 500 with a retryable error body.
+    ServerError,
+    /// Send the head of the page, then cut the connection.
+    DropMidResponse,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +70,13 @@ struct Hub {
     max_changes: Option<usize>,
     revoked: bool,
     faults: VecDeque<Option<Fault>>,
+    /// The log pulls read, ascending by `hub_seq`.
+    log: Vec<HubChange>,
+    /// Changes per page (at least one); 0 means all at once.
+    page_size: usize,
+    /// The cursor of every pull that reached the log, in order.
+    pull_cursors: Vec<u64>,
+    pull_faults: VecDeque<Option<PullFault>>,
 }
 
 /// The hub's data, and its traffic as the scheduler tests watch it.
@@ -198,12 +217,58 @@ fn push(hub: &FakeHub, headers: &HeaderMap, body: &Bytes) -> Response {
     (StatusCode::OK, encode_push_response(&response).expect("encode")).into_response()
 }
 
+async fn pull_handler(State(fake): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(signed) = SignedHeaders::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok())) else {
+        return error(StatusCode::UNAUTHORIZED, codes::MISSING_HEADER, false);
+    };
+    let mut hub = lock(&fake);
+    let Some(key) = hub.devices.get(&signed.device_id) else {
+        return error(StatusCode::UNAUTHORIZED, codes::UNKNOWN_DEVICE, false);
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if verify(key, &signed, "POST", PULL_PATH, &body, now, 300).is_err() {
+        return error(StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE, false);
+    }
+    if hub.revoked {
+        return error(StatusCode::FORBIDDEN, codes::REVOKED_DEVICE, false);
+    }
+    let request = decode_pull(&body, 1 << 20).expect("a pull body");
+    assert_eq!(request.device_id, signed.device_id, "the body's device is the signer");
+    assert!(request.max_bytes > 0);
+    hub.pull_cursors.push(request.cursor);
+    let fault = hub.pull_faults.pop_front().flatten();
+    if matches!(fault, Some(PullFault::ServerError)) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", true);
+    }
+    let after: Vec<HubChange> = hub.log.iter().filter(|c| c.hub_seq > request.cursor).cloned().collect();
+    let take = if hub.page_size == 0 { after.len() } else { hub.page_size.min(after.len()) };
+    let changes = after[..take].to_vec();
+    let page = PullResponse {
+        next_cursor: changes.last().map_or(request.cursor, |c| c.hub_seq),
+        more: take < after.len(),
+        changes,
+    };
+    let encoded = encode_pull_response(&page).expect("encode");
+    if matches!(fault, Some(PullFault::DropMidResponse)) {
+        // A length the body never reaches: the server cuts the connection
+        // once the head is sent.
+        let head = encoded[..encoded.len() / 2].to_vec();
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(axum::http::header::CONTENT_LENGTH, encoded.len())
+            .body(axum::body::Body::from(head))
+            .expect("response");
+    }
+    (StatusCode::OK, encoded).into_response()
+}
+
 /// Starts the fake hub; returns its base URL and its state.
 async fn start_hub() -> (String, Shared) {
     let hub = Shared::default();
     let app = axum::Router::new()
         .route("/api/v1/devices/enroll", post(enroll_handler))
         .route(PUSH_PATH, post(push_handler))
+        .route(PULL_PATH, post(pull_handler))
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .with_state(hub.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -261,6 +326,42 @@ impl Edge {
             })
             .await
             .expect("outbox")
+    }
+
+    /// `(patient, change)` of every outbox entry, by seq: what the hub
+    /// would relay from this box to another clinic.
+    async fn changes(&self) -> Vec<(PatientId, Vec<u8>)> {
+        self.state
+            .store
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT patient_id, bytes FROM outbox ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+                Ok(rows
+                    .map(|r| r.map(|(id, bytes)| (id.parse().expect("patient id"), bytes)))
+                    .collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .expect("outbox")
+    }
+
+    /// The pull cursor stored in `meta`.
+    async fn cursor(&self) -> u64 {
+        let value = self
+            .state
+            .store
+            .read(|c| edge::store::get_meta(c, edge::sync::meta_keys::PULL_CURSOR))
+            .await
+            .expect("meta");
+        value.map_or(0, |v| v.parse().expect("a number"))
+    }
+
+    /// Stored changes per patient document (snapshots aside).
+    async fn stored_changes(&self) -> i64 {
+        self.state
+            .store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM document_changes", [], |r| r.get(0))?))
+            .await
+            .expect("count")
     }
 
     async fn push(&self, ceiling: u32) -> Result<edge::sync::SyncReport, SyncError> {
@@ -642,3 +743,7 @@ mod page {
         assert_eq!(*hub.started.borrow(), started, "no push for a clinician");
     }
 }
+
+/// Pulling other clinics' changes.
+#[path = "sync/pull.rs"]
+mod pull;

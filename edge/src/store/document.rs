@@ -149,9 +149,30 @@ impl PatientDoc {
         self.doc.get_last_local_change()
     }
 
-    /// A full snapshot (`save()`), used to compact incremental changes.
+    /// A full snapshot (`save()`), used to compact incremental changes. It
+    /// keeps changes still waiting for their dependencies (Automerge's
+    /// `retain_orphans`, on by default), so compacting loses none of them.
     pub fn save(&mut self) -> Vec<u8> {
         self.doc.save()
+    }
+
+    /// Applies one change made elsewhere (from the hub). Returns `false` when
+    /// the document already holds it, `true` when it is new: applied, or
+    /// queued inside the document until the changes it depends on arrive.
+    pub fn apply_remote(&mut self, bytes: &[u8]) -> Result<bool, StoreError> {
+        let change = Change::from_bytes(bytes.to_vec()).map_err(StoreError::InvalidChange)?;
+        if self.doc.get_change_by_hash(&change.hash()).is_some() {
+            return Ok(false);
+        }
+        self.doc.apply_changes([change])?;
+        Ok(true)
+    }
+
+    /// Whether the document holds a patient yet: one pulled from the hub may
+    /// have only changes whose dependencies have not arrived.
+    #[must_use]
+    pub fn has_patient(&self) -> bool {
+        matches!(self.doc.get(ROOT, "id"), Ok(Some(_)))
     }
 
     /// Reads the whole document into domain types.

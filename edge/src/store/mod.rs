@@ -22,6 +22,17 @@
 //! closure in the caller. Writes are serialised on one connection; reads use a
 //! small set of read-only connections.
 //!
+//! # Changes from the hub ([`WriteTx::apply_remote`])
+//! Changes pulled from the hub are stored like local ones, one
+//! `document_changes` row each, but never enter the outbox (they came from
+//! the hub). A change the document already holds (same hash) is skipped, so
+//! a page applied twice stores nothing twice. A change whose dependencies
+//! have not arrived is kept as a row too: loading replays it into
+//! Automerge's queue, where it waits and applies once they come, and
+//! compaction keeps it because `save()` retains queued changes. A pulled
+//! patient whose document has no `id` yet (only such waiting changes) has no
+//! projection row until it does; [`Store::reindex`] skips it likewise.
+//!
 //! Documents are loaded on demand for each write and dropped afterwards: reads
 //! come from the projection, so memory does not grow with the number of patients.
 
@@ -62,6 +73,10 @@ pub enum StoreError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("patient document {0} holds an invalid value: {1}")]
     CorruptDocument(String, String),
+    #[error("a change from the hub is not a valid Automerge change")]
+    InvalidChange(#[source] automerge::LoadChangeError),
+    #[error("a change from the hub for patient {expected} belongs to patient {found}")]
+    WrongPatient { expected: String, found: String },
     #[error("not found")]
     NotFound,
     #[error("invalid input: {0}")]

@@ -160,20 +160,7 @@ impl<'c> WriteTx<'c> {
         let Some(mut change) = doc.commit(now) else { return Ok(()) };
         let pid = id.to_string();
         let bytes = change.bytes().into_owned();
-        self.tx.execute("INSERT INTO document_changes (patient_id, bytes) VALUES (?1, ?2)", params![pid, bytes])?;
-        let count: i64 = self.tx.query_row(
-            "UPDATE documents SET change_count = change_count + 1 WHERE patient_id = ?1 RETURNING change_count",
-            [&pid],
-            |r| r.get(0),
-        )?;
-        if count >= COMPACT_AFTER_CHANGES {
-            // Same transaction: the snapshot replaces the changes atomically.
-            self.tx.execute(
-                "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE patient_id = ?1",
-                params![pid, doc.save()],
-            )?;
-            self.tx.execute("DELETE FROM document_changes WHERE patient_id = ?1", [&pid])?;
-        }
+        store_change(&self.tx, &pid, &bytes, doc)?;
         #[cfg(test)]
         self.store.check_fail_point(super::FailPoint::AfterDocument)?;
 
@@ -190,6 +177,55 @@ impl<'c> WriteTx<'c> {
         self.store.check_fail_point(super::FailPoint::AfterProjection)?;
         Ok(())
     }
+}
+
+impl WriteTx<'_> {
+    /// Applies changes pulled from the hub to one patient's document, in
+    /// order, creating the document if the patient is new here. Stores the
+    /// changes the document did not hold yet (see "Changes from the hub" in
+    /// the module docs of [`super`]), adds nothing to the outbox, and
+    /// refreshes the projection. Returns how many changes were new.
+    pub fn apply_remote(&mut self, id: PatientId, changes: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let pid = id.to_string();
+        self.tx.execute("INSERT INTO documents (patient_id) VALUES (?1) ON CONFLICT DO NOTHING", [&pid])?;
+        let mut doc = self.load(id)?;
+        let mut new = 0;
+        for bytes in changes {
+            if doc.apply_remote(bytes)? {
+                store_change(&self.tx, &pid, bytes, &mut doc)?;
+                new += 1;
+            }
+        }
+        if new > 0 && doc.has_patient() {
+            let view = doc.read()?;
+            if view.id != id {
+                return Err(StoreError::WrongPatient { expected: pid, found: view.id.to_string() });
+            }
+            let site = self.local_site()?;
+            project(&self.tx, &view, self.store.device_id(), site, &self.store.options().default_country)?;
+        }
+        Ok(new)
+    }
+}
+
+/// Appends one change (already in `doc`) to the patient's stored changes,
+/// and compacts them into a snapshot once there are enough. Same transaction
+/// as the caller's, so the snapshot replaces the changes atomically.
+fn store_change(c: &Connection, pid: &str, bytes: &[u8], doc: &mut PatientDoc) -> Result<(), StoreError> {
+    c.execute("INSERT INTO document_changes (patient_id, bytes) VALUES (?1, ?2)", params![pid, bytes])?;
+    let count: i64 = c.query_row(
+        "UPDATE documents SET change_count = change_count + 1 WHERE patient_id = ?1 RETURNING change_count",
+        [pid],
+        |r| r.get(0),
+    )?;
+    if count >= COMPACT_AFTER_CHANGES {
+        c.execute(
+            "UPDATE documents SET snapshot = ?2, change_count = 0 WHERE patient_id = ?1",
+            params![pid, doc.save()],
+        )?;
+        c.execute("DELETE FROM document_changes WHERE patient_id = ?1", [pid])?;
+    }
+    Ok(())
 }
 
 fn load_doc(c: &Connection, actor: santerurale_shared::DeviceId, id: PatientId) -> Result<PatientDoc, StoreError> {
@@ -552,7 +588,10 @@ impl Store {
                 let id: PatientId =
                     id.parse().map_err(|_| StoreError::CorruptDocument(id.clone(), "documents.patient_id".into()))?;
                 let doc = load_doc(c, me, id)?;
-                project(c, &doc.read()?, me, site, &country)?;
+                // A pulled patient with only changes awaiting dependencies.
+                if doc.has_patient() {
+                    project(c, &doc.read()?, me, site, &country)?;
+                }
             }
             Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
         })

@@ -1,7 +1,7 @@
 //! Store tests on real SQLite files: atomicity under injected failures,
 //! outbox order, reindex equality, search normalisation, compaction.
 
-use santerurale_shared::{EncounterDraft, PatientDraft, PatientPatch};
+use santerurale_shared::{EncounterDraft, PatientDraft, PatientId, PatientPatch};
 use tempfile::TempDir;
 
 use super::*;
@@ -278,4 +278,125 @@ fn backup_is_a_consistent_copy_and_never_overwrites() {
     assert_eq!(ok, "ok");
     let n: i64 = copy.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).expect("count");
     assert_eq!(n, 1);
+}
+
+/// `(patient, change bytes)` of `store`'s outbox after `after`, as the hub
+/// would relay them to another clinic.
+fn outbox_after(store: &Store, after: i64) -> Vec<(PatientId, Vec<u8>)> {
+    store
+        .blocking_read(move |c| {
+            let mut s = c.prepare("SELECT patient_id, bytes FROM outbox WHERE seq > ?1 ORDER BY seq")?;
+            let rows = s.query_map([after], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            rows.map(|r| {
+                let (id, bytes) = r?;
+                Ok((id.parse().expect("patient id"), bytes))
+            })
+            .collect()
+        })
+        .expect("outbox")
+}
+
+fn apply_all(store: &Store, changes: &[(PatientId, Vec<u8>)]) -> u64 {
+    store
+        .blocking_write(|w| {
+            let mut new = 0;
+            for (id, bytes) in changes {
+                new += w.apply_remote(*id, std::slice::from_ref(bytes))?;
+            }
+            Ok(new)
+        })
+        .expect("apply")
+}
+
+fn outbox_len(store: &Store) -> i64 {
+    store.blocking_read(|c| Ok(c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)).expect("count")
+}
+
+fn patient_of(store: &Store, id: PatientId) -> santerurale_shared::Patient {
+    store.blocking_read(move |c| patients::get_patient(c, id, true)).expect("read").expect("present")
+}
+
+#[test]
+fn changes_from_another_clinic_merge_into_documents_and_projection() {
+    let (_a_dir, a) = open();
+    let (_b_dir, b) = open();
+    let p = b.blocking_write(|w| w.register(&draft("Fanta", "Camara", Some("76123456")), false)).expect("register");
+    b.blocking_write(|w| w.add_encounter(p.id, &encounter("paludisme"), "b")).expect("encounter");
+    let from_b = outbox_after(&b, 0);
+
+    assert_eq!(apply_all(&a, &from_b), 2);
+    let seen = patient_of(&a, p.id);
+    assert_eq!(seen.given_name, "Fanta");
+    assert_eq!(seen.encounters.as_ref().map(Vec::len), Some(1));
+    let found = a.blocking_read(|c| patients::search(c, "camara", 10)).expect("search");
+    assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
+    assert_eq!(outbox_len(&a), 0, "pulled changes are not pushed back");
+
+    // Applying the same changes again changes nothing at all.
+    let before = dump(&a, ALL_TABLES);
+    assert_eq!(apply_all(&a, &from_b), 0);
+    assert_eq!(dump(&a, ALL_TABLES), before);
+
+    // Both clinics edit the same field and add an encounter, concurrently.
+    let (a_mark, b_mark) = (outbox_len(&a), outbox_len(&b));
+    let rename = |name: &str| PatientPatch { given_name: Some(name.into()), ..PatientPatch::default() };
+    a.blocking_write(|w| w.update(p.id, &rename("Fatoumata"))).expect("a edits");
+    a.blocking_write(|w| w.add_encounter(p.id, &encounter("grippe"), "a")).expect("a encounter");
+    b.blocking_write(|w| w.update(p.id, &rename("Fanta-B"))).expect("b edits");
+    b.blocking_write(|w| w.add_encounter(p.id, &encounter("toux"), "b")).expect("b encounter");
+    let (to_b, to_a) = (outbox_after(&a, a_mark), outbox_after(&b, b_mark));
+    assert_eq!(apply_all(&a, &to_a), 2);
+    assert_eq!(apply_all(&b, &to_b), 2);
+    let (on_a, on_b) = (patient_of(&a, p.id), patient_of(&b, p.id));
+    assert_eq!(on_a, on_b, "both sides pick the same winner");
+    assert!(["Fatoumata", "Fanta-B"].contains(&on_a.given_name.as_str()));
+    let mut diagnoses: Vec<String> = on_a.encounters.unwrap_or_default().into_iter().map(|e| e.diagnosis).collect();
+    diagnoses.sort();
+    assert_eq!(diagnoses, ["grippe", "paludisme", "toux"]);
+    assert_eq!(outbox_len(&a), a_mark + 2, "only a's own edits are in its outbox");
+
+    let incremental = dump(&a, PROJECTION);
+    a.reindex().expect("reindex");
+    assert_eq!(dump(&a, PROJECTION), incremental);
+}
+
+#[test]
+fn changes_arriving_before_their_dependencies_wait_and_survive_compaction() {
+    let (_a_dir, a) = open();
+    let (_b_dir, b) = open();
+    let p = b.blocking_write(|w| w.register(&draft("Kadia", "Sow", None), false)).expect("register");
+    for n in 0..COMPACT_AFTER_CHANGES {
+        b.blocking_write(|w| w.add_encounter(p.id, &encounter(&format!("visite {n}")), "b")).expect("encounter");
+    }
+    let mut from_b = outbox_after(&b, 0);
+    // The last change first: it waits for the others, and nothing is shown.
+    let last = from_b.pop().expect("changes");
+    assert_eq!(apply_all(&a, std::slice::from_ref(&last)), 1);
+    assert!(a.blocking_read(move |c| patients::get_patient(c, p.id, false)).expect("read").is_none());
+    a.reindex().expect("a waiting document does not break reindex");
+
+    // The rest arrive, passing the compaction threshold on the way.
+    assert_eq!(apply_all(&a, &from_b), u64::try_from(from_b.len()).expect("fits"));
+    let snapshot: Option<Vec<u8>> = a
+        .blocking_read(move |c| {
+            Ok(c.query_row("SELECT snapshot FROM documents WHERE patient_id = ?1", [p.id.to_string()], |r| r.get(0))?)
+        })
+        .expect("row");
+    assert!(snapshot.is_some(), "compacted");
+    let expected = usize::try_from(COMPACT_AFTER_CHANGES).expect("fits");
+    assert_eq!(patient_of(&a, p.id).encounters.map(|e| e.len()), Some(expected));
+    assert_eq!(patient_of(&a, p.id), patient_of(&b, p.id));
+    let incremental = dump(&a, PROJECTION);
+    a.reindex().expect("reindex");
+    assert_eq!(dump(&a, PROJECTION), incremental);
+    assert_eq!(outbox_len(&a), 0);
+}
+
+#[test]
+fn a_garbage_change_is_refused() {
+    let (_dir, store) = open();
+    let id = PatientId::new();
+    let err = store.blocking_write(|w| w.apply_remote(id, &[b"not a change".to_vec()])).expect_err("garbage");
+    assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
+    assert!(dump(&store, ALL_TABLES).is_empty(), "nothing kept");
 }

@@ -1,4 +1,4 @@
-//! HTTP to the hub: the enrollment call and signed pushes, and how each way
+//! HTTP to the hub: the enrollment call, signed pushes and pulls, and how each way
 //! of failing is classified. No database here.
 //!
 //! Plain HTTP only for now (TLS is a later item): a hub URL must be
@@ -13,8 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use santerurale_shared::sync::{
-    CodecError, ErrorBody, PUSH_PATH, PushOutcome, PushRequest, PushResponse, SigningKey, decode_push_response,
-    encode_push, sign,
+    CodecError, ErrorBody, PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushOutcome, PushRequest, PushResponse,
+    SigningKey, decode_pull_response, decode_push_response, encode_pull, encode_push, sign,
 };
 use santerurale_shared::{DeviceId, SiteId};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest push response inflated (it is three integers).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Room in a pull page for one change larger than the page budget.
+const MAX_SINGLE_CHANGE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubUrlError {
@@ -59,6 +61,16 @@ pub enum HubError {
     BadResponse(#[source] CodecError),
     #[error("cannot encode the request")]
     Encode(#[source] CodecError),
+    /// A pulled page decoded but does not apply (a change that is not one,
+    /// or that belongs to another patient): refused whole.
+    #[error("the hub's page after cursor {cursor} does not apply; it was refused whole")]
+    PageRefused {
+        cursor: u64,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error("the hub answered cursor {next_cursor} to a pull from {cursor}: it must move forward")]
+    PullCursor { cursor: u64, next_cursor: u64 },
 }
 
 impl HubError {
@@ -71,7 +83,8 @@ impl HubError {
             Self::Status { status } => PushOutcome::from_failure(Some(*status), None),
             // A garbled answer may come from a broken link; re-sending is harmless.
             Self::BadResponse(_) => PushOutcome::Retryable,
-            Self::Encode(_) => PushOutcome::Permanent,
+            // The same page would fail the same way until the hub is fixed.
+            Self::Encode(_) | Self::PageRefused { .. } | Self::PullCursor { .. } => PushOutcome::Permanent,
         }
     }
 
@@ -168,10 +181,30 @@ impl HubClient {
     /// Encodes, signs and sends one push.
     pub(crate) async fn push(&self, key: &SigningKey, request: &PushRequest) -> Result<PushResponse, HubError> {
         let body = encode_push(request).map_err(HubError::Encode)?;
-        let headers = sign(key, request.device_id, "POST", PUSH_PATH, &body, unix_now(), rand::random());
+        let bytes = self.post_signed(key, request.device_id, PUSH_PATH, body).await?;
+        decode_push_response(&bytes, MAX_RESPONSE_BYTES).map_err(HubError::BadResponse)
+    }
+
+    /// Encodes, signs and sends one pull; returns the page.
+    pub(crate) async fn pull(&self, key: &SigningKey, request: &PullRequest) -> Result<PullResponse, HubError> {
+        let body = encode_pull(request).map_err(HubError::Encode)?;
+        let bytes = self.post_signed(key, request.device_id, PULL_PATH, body).await?;
+        decode_pull_response(&bytes, pull_response_limit(request.max_bytes)).map_err(HubError::BadResponse)
+    }
+
+    /// Signs `body` (as sent, compressed) and `POST`s it to `path`; returns
+    /// the body of a 2xx answer, or the hub's error.
+    async fn post_signed(
+        &self,
+        key: &SigningKey,
+        device_id: DeviceId,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, HubError> {
+        let headers = sign(key, device_id, "POST", path, &body, unix_now(), rand::random());
         let mut builder = self
             .http
-            .post(format!("{}{PUSH_PATH}", self.base))
+            .post(format!("{}{path}", self.base))
             .header(CONTENT_TYPE, santerurale_shared::sync::wire::CONTENT_TYPE);
         for (name, value) in headers.to_pairs() {
             builder = builder.header(name, value);
@@ -180,7 +213,7 @@ impl HubClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(HubError::Network)?;
         if status.is_success() {
-            return decode_push_response(&bytes, MAX_RESPONSE_BYTES).map_err(HubError::BadResponse);
+            return Ok(bytes.to_vec());
         }
         Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => HubError::Refused {
@@ -192,6 +225,13 @@ impl HubClient {
             Err(_) => HubError::Status { status: status.as_u16() },
         })
     }
+}
+
+/// Largest pull page inflated: the budget asked for, framing (a patient id,
+/// a seq and a length per change: far below the change itself), and room
+/// for the one oversized change the hub may send alone.
+fn pull_response_limit(max_bytes: u32) -> usize {
+    usize::try_from(max_bytes).unwrap_or(usize::MAX).saturating_mul(2).saturating_add(MAX_SINGLE_CHANGE)
 }
 
 fn unix_now() -> i64 {

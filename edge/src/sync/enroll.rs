@@ -121,7 +121,10 @@ async fn register(
             _ => EnrollError::Refused { status, code, message },
         },
         HubError::Status { status } => EnrollError::BadAnswer { url: url.clone(), status },
-        HubError::BadResponse(_) | HubError::Encode(_) => EnrollError::BadAnswer { url: url.clone(), status: 0 },
+        // Pull errors: enrollment never pulls.
+        HubError::BadResponse(_) | HubError::Encode(_) | HubError::PageRefused { .. } | HubError::PullCursor { .. } => {
+            EnrollError::BadAnswer { url: url.clone(), status: 0 }
+        }
     })?;
     if answer.device_id != device_id {
         return Err(EnrollError::WrongDevice { expected: device_id, got: answer.device_id });

@@ -1,4 +1,5 @@
-//! The edge side of sync with the hub: enrollment and pushing the outbox.
+//! The edge side of sync with the hub: enrollment, pushing the outbox and
+//! pulling the changes other clinics made.
 //! The protocol itself (messages, codec, signing, batch planning) is pure and
 //! lives in `santerurale_shared::sync`; this module does its I/O.
 //!
@@ -32,7 +33,23 @@
 //!    `sync_last_error_code` ([`SyncError::code`]) and `sync_last_error_at`;
 //!    [`crate::sync_status`] shows them.
 //!
-//! Pull (hub to edge) is not built yet: `run_once` only pushes.
+//! # Pull ([`run_once`], [`pull`])
+//! After a push that went through, the same run pulls:
+//! 1. Send [`PullRequest`](santerurale_shared::sync::PullRequest) with the
+//!    cursor in `meta` (`sync_pull_cursor`, 0 at first) and a byte budget.
+//! 2. Apply the page's changes, grouped by patient in page order
+//!    ([`WriteTx::apply_remote`](crate::store::WriteTx::apply_remote): no
+//!    outbox entry, projection refreshed) and store `next_cursor`, in one
+//!    SQLite transaction. A crash or a cut link before the commit repeats
+//!    the page next time; a change applied twice is a no-op. So nothing is
+//!    skipped and nothing kept twice.
+//! 3. Pull again while the hub says `more`.
+//!
+//! Failures are classified like the push's and recorded in the same `meta`
+//! keys. A page that does not apply (a change that does not decode, or
+//! belongs to another patient) is refused whole, the cursor stays, and the
+//! error is permanent (`invalid_remote_page`): pulling it again would fail
+//! again until the hub is fixed.
 //!
 //! # One run at a time
 //! Inside one process every run ([`run_once`]: the API, the sync page, the
@@ -46,6 +63,7 @@
 pub mod client;
 mod enroll;
 pub mod keys;
+mod pull;
 mod push;
 pub mod scheduler;
 
@@ -56,6 +74,7 @@ use santerurale_shared::sync::{NotAscending, PushConfig};
 pub use client::{HubClient, HubError, HubUrlError};
 pub use enroll::{EnrollError, EnrollOptions, Enrollment, enroll};
 pub use keys::KeyError;
+pub use pull::DEFAULT_PULL_BYTES;
 
 use crate::AppState;
 use crate::store::{StoreError, get_meta, now_rfc3339, set_meta};
@@ -75,6 +94,8 @@ pub mod meta_keys {
     /// [`super::SyncError::code`] of the last error.
     pub const LAST_ERROR_CODE: &str = "sync_last_error_code";
     pub const LAST_ERROR_AT: &str = "sync_last_error_at";
+    /// The last `next_cursor` of the hub's log applied here.
+    pub const PULL_CURSOR: &str = "sync_pull_cursor";
 }
 
 /// What one run did.
@@ -89,6 +110,11 @@ pub struct SyncReport {
     pub duplicates: u64,
     /// Batches refused as too large and split.
     pub splits: u32,
+    /// Changes received from the hub, and of those the ones new here.
+    pub pulled: u64,
+    pub pulled_new: u64,
+    /// Pages applied.
+    pub pull_pages: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +173,8 @@ impl SyncError {
             Self::Hub(HubError::Encode(_)) => "encode_failed",
             Self::ChangeTooLarge { .. } => "change_too_large",
             Self::AckBelowBatch { .. } => "ack_below_batch",
+            Self::Hub(HubError::PageRefused { .. }) => "invalid_remote_page",
+            Self::Hub(HubError::PullCursor { .. }) => "pull_cursor",
         }
     }
 }
@@ -171,7 +199,7 @@ impl SyncControl {
     }
 }
 
-/// One full push with the default batch bounds, on demand (the API and the
+/// One full push and pull with the default bounds, on demand (the API and the
 /// sync page): waits for a run in progress, then wakes the scheduler.
 pub async fn run_once(state: &AppState) -> Result<SyncReport, SyncError> {
     let result = run_exclusive(state).await;
@@ -179,16 +207,42 @@ pub async fn run_once(state: &AppState) -> Result<SyncReport, SyncError> {
     result
 }
 
-/// One full push while holding the run lock.
+/// One full push and pull while holding the run lock.
 async fn run_exclusive(state: &AppState) -> Result<SyncReport, SyncError> {
     let _running = state.sync.running.lock().await;
-    push(&state.store, &state.config.data_dir, PushConfig::default()).await
+    sync(&state.store, &state.config.data_dir, PushConfig::default(), DEFAULT_PULL_BYTES).await
+}
+
+/// One full push, then, if it went through, a full pull with pages of
+/// `pull_bytes`. The outcome is recorded in `meta` either way.
+pub async fn sync(
+    store: &crate::store::Store,
+    data_dir: &Path,
+    config: PushConfig,
+    pull_bytes: u32,
+) -> Result<SyncReport, SyncError> {
+    let result = async {
+        let pushed = push::run(store, data_dir, config).await?;
+        let pulled = pull::run(store, data_dir, pull_bytes).await?;
+        Ok(SyncReport { pulled: pulled.pulled, pulled_new: pulled.pulled_new, pull_pages: pulled.pull_pages, ..pushed })
+    }
+    .await;
+    record(store, result).await
 }
 
 /// One full push: every pending entry, or until a failure. The outcome is
 /// recorded in `meta` either way (except "not enrolled", which is no sync).
 pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConfig) -> Result<SyncReport, SyncError> {
-    let result = push::run(store, data_dir, config).await;
+    record(store, push::run(store, data_dir, config).await).await
+}
+
+/// One full pull alone, recorded like [`push`].
+pub async fn pull(store: &crate::store::Store, data_dir: &Path, pull_bytes: u32) -> Result<SyncReport, SyncError> {
+    record(store, pull::run(store, data_dir, pull_bytes).await).await
+}
+
+/// Writes the outcome of a run to `meta` and the log; returns it.
+async fn record(store: &crate::store::Store, result: Result<SyncReport, SyncError>) -> Result<SyncReport, SyncError> {
     let record = match &result {
         Ok(_) => Some(None),
         Err(SyncError::NotEnrolled) => None,
@@ -221,11 +275,19 @@ pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConf
         }
     }
     match &result {
-        Ok(r) => tracing::info!(pushed = r.pushed, batches = r.batches, duplicates = r.duplicates, "sync push done"),
+        Ok(r) => tracing::info!(
+            pushed = r.pushed,
+            batches = r.batches,
+            duplicates = r.duplicates,
+            pulled = r.pulled,
+            pulled_new = r.pulled_new,
+            pages = r.pull_pages,
+            "sync done"
+        ),
         // Not a failure: the scheduler asks every interval until enrollment.
         Err(SyncError::NotEnrolled) => tracing::debug!("sync skipped: not enrolled"),
         Err(e) => {
-            tracing::warn!(error = %e.display_message(), retryable = e.is_retryable(), "sync push failed")
+            tracing::warn!(error = %e.display_message(), retryable = e.is_retryable(), "sync failed")
         }
     }
     result

@@ -1,4 +1,4 @@
-//! Background sync while `edge serve` runs: one push every
+//! Background sync while `edge serve` runs: one push and pull every
 //! `sync_interval_seconds` (0 turns it off), started next to the HTTP server
 //! and never from a request handler.
 //!
@@ -18,7 +18,8 @@
 //! [`super::SyncControl`], so a scheduled run and a manual one never
 //! overlap. Shutdown ends the task at once, even mid-push: entries are marked
 //! sent only after the hub's acknowledgement, so a push cut short is sent
-//! again later and the hub counts the repeats as duplicates.
+//! again later and the hub counts the repeats as duplicates; a pull cut
+//! short repeats at most the page in flight, which applies as a no-op.
 
 use std::future::Future;
 use std::time::Duration;
