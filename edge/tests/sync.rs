@@ -744,6 +744,42 @@ mod page {
     }
 }
 
+/// `POST /api/v1/sync/run` against the fake hub: the report covers both halves.
+#[tokio::test]
+async fn the_api_runs_a_sync_and_reports_push_and_pull() {
+    let (url, _hub) = start_hub().await;
+    let edge = Edge::new();
+    let hash = edge::auth::hash_password("motdepasse1").expect("hash");
+    edge.state.store.create_user("admin".into(), edge::store::Role::Admin, hash).await.expect("account");
+    edge.enroll(&url, TOKEN).await.expect("enroll");
+    edge.record(3).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(edge::serve(listener, edge.state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let c = reqwest::Client::new();
+    let login: Value = c
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "username": "admin", "password": "motdepasse1" }))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("json");
+    let token = login["token"].as_str().expect("token");
+    let r = c.post(format!("{base}/api/v1/sync/run")).bearer_auth(token).send().await.expect("run");
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.expect("json");
+    assert_eq!(report["pushed"], 3, "{report}");
+    assert_eq!(report["applied"], 3, "{report}");
+    assert_eq!(report["pulled"], 0, "{report}");
+    assert!(report["pull_pages"].is_u64() && report["pulled_new"].is_u64(), "{report}");
+    assert!(edge.outbox().await.iter().all(|(_, _, sent)| *sent));
+}
+
 /// Pulling other clinics' changes.
 #[path = "sync/pull.rs"]
 mod pull;

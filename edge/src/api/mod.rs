@@ -184,7 +184,7 @@ async fn sync_status(State(state): State<AppState>, _user: ApiUser) -> Result<Re
     Ok(Json(crate::sync_status(&state).await?).into_response())
 }
 
-/// `POST /api/v1/sync/run`: one push now, waiting for a run in progress.
+/// `POST /api/v1/sync/run`: one push then pull now, waiting for a run in progress.
 async fn sync_run(State(state): State<AppState>, user: ApiUser) -> Result<Response, ApiError> {
     user.require(|r| r == Role::Admin, "run a sync")?;
     tracing::info!(user = %user.0.id, "sync run requested (API)");
@@ -196,6 +196,9 @@ async fn sync_run(State(state): State<AppState>, user: ApiUser) -> Result<Respon
             "duplicates": report.duplicates,
             "splits": report.splits,
             "acked_through": acked_through(&state).await?,
+            "pulled": report.pulled,
+            "pulled_new": report.pulled_new,
+            "pull_pages": report.pull_pages,
         }))
         .into_response()),
         Err(e) => Err(sync_error(&e)),
