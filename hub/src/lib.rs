@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conflicts;
 pub mod db;
 pub mod devices;
 pub mod metrics;

@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::AppState;
@@ -33,6 +33,11 @@ pub struct Metrics {
     pub sync_pending_operations: IntGaugeVec,
     /// `sync_last_contact_timestamp_seconds{site}`: last accepted push.
     pub sync_last_contact: IntGaugeVec,
+    /// `sync_conflicts_detected_total`: conflicts newly opened by pushes.
+    pub sync_conflicts_detected: IntCounter,
+    /// `sync_conflicts_open`: open conflicts, counted in the database at
+    /// each scrape.
+    pub sync_conflicts_open: IntGauge,
 }
 
 impl Metrics {
@@ -76,6 +81,13 @@ impl Metrics {
             &["site"],
         )
         .expect("valid metric");
+        let sync_conflicts_detected = IntCounter::new(
+            "sync_conflicts_detected_total",
+            "Conflicts (a field written concurrently on two devices) newly detected by the hub.",
+        )
+        .expect("valid metric");
+        let sync_conflicts_open = IntGauge::new("sync_conflicts_open", "Conflicts not yet resolved, as of the scrape.")
+            .expect("valid metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -84,6 +96,8 @@ impl Metrics {
             Box::new(sync_changes_applied.clone()),
             Box::new(sync_pending_operations.clone()),
             Box::new(sync_last_contact.clone()),
+            Box::new(sync_conflicts_detected.clone()),
+            Box::new(sync_conflicts_open.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -96,6 +110,8 @@ impl Metrics {
             sync_changes_applied,
             sync_pending_operations,
             sync_last_contact,
+            sync_conflicts_detected,
+            sync_conflicts_open,
         }
     }
 
@@ -135,6 +151,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 
 /// `GET /metrics`
 pub async fn render(State(state): State<AppState>) -> Response {
+    match crate::conflicts::count_open(&state.db).await {
+        Ok(open) => state.metrics.sync_conflicts_open.set(open),
+        Err(e) => tracing::warn!(error = %crate::error_chain(&e), "metrics: cannot count the open conflicts"),
+    }
     let mut body = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&state.metrics.registry.gather(), &mut body) {
         tracing::error!(error = %e, "metrics encoding failed");

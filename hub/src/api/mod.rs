@@ -17,4 +17,5 @@ pub fn router() -> Router<AppState> {
         .merge(crate::sites::router())
         .merge(crate::devices::router())
         .merge(crate::patients::router())
+        .merge(crate::conflicts::router())
 }

@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "documents_projection",
         sql: include_str!("../../../migrations/hub/0003_documents_projection.sql"),
     },
+    Migration { version: 4, name: "conflicts", sql: include_str!("../../../migrations/hub/0004_conflicts.sql") },
 ];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).

@@ -7,7 +7,9 @@
 //! 2. the batch's changes are applied at once (`apply_changes`, one call per
 //!    document, which is several times faster than one call per change);
 //! 3. the document is saved back and read (see [`super::document`]) into
-//!    `patients` and `encounters`, which are rewritten for that patient.
+//!    `patients` and `encounters`, which are rewritten for that patient;
+//! 4. its fields are checked for concurrent writes ([`super::conflicts`]),
+//!    which open or close rows of `conflicts`.
 //!
 //! A change whose dependencies the hub has not received (an edge's older
 //! change still on its way through another site) stays in the `changes`
@@ -32,6 +34,7 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::SyncError;
+use super::conflicts::{self, Findings};
 use super::document::{self, PatientRecord, ReadError};
 
 /// One patient's document after applying, ready to write.
@@ -40,6 +43,7 @@ struct Applied {
     doc: Vec<u8>,
     incomplete: bool,
     record: Option<PatientRecord>,
+    conflicts: Findings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,15 +55,16 @@ pub struct ApplyError {
 }
 
 /// Applies `new` (patient id and change bytes, as stored) and refreshes the
-/// projection; `device` is the device that pushed them.
+/// projection and the conflicts; `device` is the device that pushed them.
+/// Returns how many conflicts were newly opened.
 pub async fn apply(
     tx: &Transaction<'_>,
     site: SiteId,
     device: DeviceId,
     new: Vec<(Uuid, Vec<u8>)>,
-) -> Result<(), SyncError> {
+) -> Result<u64, SyncError> {
     if new.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut batches: BTreeMap<Uuid, Vec<Vec<u8>>> = BTreeMap::new();
     for (patient, bytes) in new {
@@ -89,10 +94,14 @@ pub async fn apply(
         }
     }
 
-    let applied = tokio::task::spawn_blocking(move || {
+    let mut open = conflicts::open_fields(tx, &ids).await?;
+
+    let mut applied = tokio::task::spawn_blocking(move || {
         batches
             .into_iter()
-            .map(|(patient, changes)| apply_one(patient, saved.remove(&patient), changes))
+            .map(|(patient, changes)| {
+                apply_one(patient, saved.remove(&patient), changes, &open.remove(&patient).unwrap_or_default())
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -103,10 +112,17 @@ pub async fn apply(
     let records: Vec<&PatientRecord> = applied.iter().filter_map(|a| a.record.as_ref()).collect();
     write_patients(tx, site, device, &records).await?;
     write_encounters(tx, site, device, &records).await?;
-    Ok(())
+    let findings: Vec<(Uuid, Findings)> =
+        applied.iter_mut().map(|a| (a.patient, std::mem::take(&mut a.conflicts))).collect();
+    conflicts::record(tx, &findings).await
 }
 
-fn apply_one(patient: Uuid, saved: Option<Vec<u8>>, changes: Vec<Vec<u8>>) -> Result<Applied, ApplyError> {
+fn apply_one(
+    patient: Uuid,
+    saved: Option<Vec<u8>>,
+    changes: Vec<Vec<u8>>,
+    was_open: &std::collections::BTreeSet<String>,
+) -> Result<Applied, ApplyError> {
     let fail = |source| ApplyError { patient, source: Box::new(source) };
     let mut doc = match saved {
         Some(bytes) => AutoCommit::load(&bytes).map_err(fail)?,
@@ -129,7 +145,8 @@ fn apply_one(patient: Uuid, saved: Option<Vec<u8>>, changes: Vec<Vec<u8>>) -> Re
             None
         }
     };
-    Ok(Applied { patient, doc: doc.save(), incomplete, record })
+    let conflicts = conflicts::detect(&doc, was_open);
+    Ok(Applied { patient, doc: doc.save(), incomplete, record, conflicts })
 }
 
 // The writes below take one statement per table for the whole batch

@@ -11,12 +11,14 @@
 //!
 //! [`push`] stores changes once each in the `changes` log with their
 //! provenance and, in the same transaction, [`apply`]s them to per-patient
-//! Automerge documents and the patients/encounters projection; [`pull`]
-//! serves the log back to the sites that hold each patient. Not yet done
-//! (issue 3, next steps): conflict detection, and fetching the earlier
+//! Automerge documents and the patients/encounters projection, recording
+//! concurrent same-field edits as [`conflicts`]; [`pull`] serves the log
+//! back to the sites that hold each patient. Not yet done (issue 3, next
+//! steps): admin resolution of a conflict, and fetching the earlier
 //! history of a patient a site starts holding through a cross-site lookup.
 
 pub mod apply;
+pub mod conflicts;
 pub mod document;
 pub mod pull;
 pub mod push;

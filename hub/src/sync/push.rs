@@ -87,6 +87,7 @@ struct Checked {
 struct Stored {
     response: PushResponse,
     site_pending: i64,
+    conflicts_detected: u64,
 }
 
 async fn push(
@@ -133,6 +134,7 @@ async fn handle(
     let stored = store(&state.db, &sender, &signed.nonce, &checked).await?;
     let m = &state.metrics;
     m.sync_changes_applied.inc_by(u64::from(stored.response.applied));
+    m.sync_conflicts_detected.inc_by(stored.conflicts_detected);
     m.sync_pending_operations.with_label_values(&[sender.site_code.as_str()]).set(stored.site_pending);
     m.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
     if let Err(e) = purge_nonces(&state.db).await {
@@ -315,6 +317,7 @@ async fn store(
         ));
     }
     let mut applied = 0;
+    let mut conflicts_detected = 0;
     if !batch.is_empty() {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY]).await?;
         let patients: Vec<uuid::Uuid> = batch.iter().map(|c| *c.patient_id.as_uuid()).collect();
@@ -343,7 +346,7 @@ async fn store(
             .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-        super::apply::apply(&tx, sender.site_id, sender.id, new).await?;
+        conflicts_detected = super::apply::apply(&tx, sender.site_id, sender.id, new).await?;
     }
     // Both fit: seqs were checked to fit an i64, and a batch is far smaller
     // than u32::MAX changes.
@@ -381,6 +384,7 @@ async fn store(
     Ok(Stored {
         response: PushResponse { acked_through, applied, duplicates: total.saturating_sub(applied) },
         site_pending,
+        conflicts_detected,
     })
 }
 

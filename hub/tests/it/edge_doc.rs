@@ -61,6 +61,11 @@ impl EdgeDoc {
         Self { patient, doc }
     }
 
+    /// Applies changes made elsewhere (as after a pull).
+    pub fn merge(&mut self, changes: &[Vec<u8>]) {
+        self.doc.apply_changes(changes.iter().map(|c| Change::from_bytes(c.clone()).expect("change"))).expect("apply");
+    }
+
     /// Records an encounter on `date`; returns its id and the change.
     pub fn add_encounter(&mut self, date: &str, diagnosis: &str) -> (EncounterId, Vec<u8>) {
         let id = EncounterId::new();

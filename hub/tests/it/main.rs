@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod conflicts;
 mod edge_doc;
 mod embedded;
 mod enrollment;

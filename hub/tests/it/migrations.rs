@@ -21,6 +21,7 @@ async fn apply_on_an_empty_database_then_are_idempotent() {
         tables,
         [
             "changes",
+            "conflicts",
             "devices",
             "documents",
             "encounters",
