@@ -24,8 +24,12 @@ pub mod pull;
 pub mod push;
 
 use axum::Json;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use prometheus::IntCounterVec;
+use santerurale_shared::sync::codec::CodecError;
+use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{ErrorBody, SignatureError};
 
 use crate::db::DbError;
@@ -92,6 +96,50 @@ impl From<deadpool_postgres::PoolError> for SyncError {
 impl From<SignatureError> for SyncError {
     fn from(e: SignatureError) -> Self {
         Self::rejected(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+    }
+}
+
+/// How an undecodable body is refused, for push and pull alike.
+impl From<CodecError> for SyncError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::TooLarge { limit } => Self::rejected(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::BODY_TOO_LARGE,
+                format!("the body inflates past {limit} bytes: send a smaller batch"),
+            ),
+            CodecError::UnsupportedProtocol { .. } => {
+                Self::rejected(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL, e.to_string())
+            }
+            other => Self::rejected(StatusCode::BAD_REQUEST, codes::MALFORMED_BODY, crate::error_chain(&other)),
+        }
+    }
+}
+
+/// Counts a handled sync request under `requests{result}` and logs a refusal
+/// (the caller's fault) with the device it named; then answers.
+pub(crate) fn answer(
+    requests: &IntCounterVec,
+    what: &str,
+    headers: &HeaderMap,
+    result: Result<Response, SyncError>,
+) -> Response {
+    match result {
+        Ok(response) => {
+            requests.with_label_values(&["ok"]).inc();
+            response
+        }
+        Err(e) => {
+            requests.with_label_values(&[e.code]).inc();
+            if !e.retryable {
+                let device = headers
+                    .get(santerurale_shared::sync::signing::HEADER_DEVICE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::warn!(device, code = e.code, reason = %e.message, "sync {what} refused");
+            }
+            e.into_response()
+        }
     }
 }
 

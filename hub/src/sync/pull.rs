@@ -33,7 +33,7 @@ use axum::routing::post;
 use santerurale_shared::PatientId;
 use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
 use santerurale_shared::sync::{
-    CodecError, HubChange, PULL_PATH, PullRequest, PullResponse, decode_pull, encode_pull_response, page_len,
+    HubChange, PULL_PATH, PullRequest, PullResponse, decode_pull, encode_pull_response, page_len,
 };
 
 use super::push::{Authenticated, Sender, authenticate, revoked};
@@ -55,23 +55,8 @@ async fn pull(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &uri, &headers, body).await {
-        Ok(response) => {
-            state.metrics.sync_pull_requests.with_label_values(&["ok"]).inc();
-            response
-        }
-        Err(e) => {
-            state.metrics.sync_pull_requests.with_label_values(&[e.code]).inc();
-            if !e.retryable {
-                let device = headers
-                    .get(santerurale_shared::sync::signing::HEADER_DEVICE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::warn!(device, code = e.code, reason = %e.message, "sync pull refused");
-            }
-            e.into_response()
-        }
-    }
+    let result = handle(&state, &uri, &headers, body).await;
+    super::answer(&state.metrics.sync_pull_requests, "pull", &headers, result)
 }
 
 async fn handle(
@@ -82,12 +67,7 @@ async fn handle(
 ) -> Result<Response, SyncError> {
     let Authenticated { signed, sender, body, now } = authenticate(state, uri, headers, body).await?;
     // A pull request is a few dozen bytes: no need to inflate much.
-    let request = decode_pull(&body, state.config.sync_max_body_bytes).map_err(|e| match e {
-        CodecError::UnsupportedProtocol { .. } => {
-            SyncError::rejected(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL, e.to_string())
-        }
-        other => SyncError::rejected(StatusCode::BAD_REQUEST, codes::MALFORMED_BODY, crate::error_chain(&other)),
-    })?;
+    let request = decode_pull(&body, state.config.sync_max_body_bytes)?;
     if request.device_id != sender.id {
         return Err(SyncError::rejected(
             StatusCode::FORBIDDEN,

@@ -47,8 +47,7 @@ use axum::routing::post;
 use santerurale_shared::sync::signing::DEFAULT_MAX_SKEW_SECS;
 use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
 use santerurale_shared::sync::{
-    CodecError, PUSH_PATH, PushRequest, PushResponse, SignedHeaders, VerifyingKey, decode_push, encode_push_response,
-    verify,
+    PUSH_PATH, PushRequest, PushResponse, SignedHeaders, VerifyingKey, decode_push, encode_push_response, verify,
 };
 use santerurale_shared::{DeviceId, SiteId};
 use time::OffsetDateTime;
@@ -96,23 +95,8 @@ async fn push(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &uri, &headers, body).await {
-        Ok(response) => {
-            state.metrics.sync_push_requests.with_label_values(&["ok"]).inc();
-            response
-        }
-        Err(e) => {
-            state.metrics.sync_push_requests.with_label_values(&[e.code]).inc();
-            if !e.retryable {
-                let device = headers
-                    .get(santerurale_shared::sync::signing::HEADER_DEVICE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::warn!(device, code = e.code, reason = %e.message, "sync push refused");
-            }
-            e.into_response()
-        }
-    }
+    let result = handle(&state, &uri, &headers, body).await;
+    super::answer(&state.metrics.sync_push_requests, "push", &headers, result)
 }
 
 async fn handle(
@@ -213,15 +197,7 @@ fn too_large(message: String) -> SyncError {
 
 /// Decodes the body and checks everything that needs no database.
 fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncError> {
-    let request = decode_push(body, limit).map_err(|e| match e {
-        CodecError::TooLarge { limit } => {
-            too_large(format!("the body inflates past {limit} bytes: send a smaller batch"))
-        }
-        CodecError::UnsupportedProtocol { .. } => {
-            SyncError::rejected(StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL, e.to_string())
-        }
-        other => SyncError::rejected(StatusCode::BAD_REQUEST, codes::MALFORMED_BODY, crate::error_chain(&other)),
-    })?;
+    let request = decode_push(body, limit)?;
     if request.device_id != device {
         return Err(SyncError::rejected(
             StatusCode::FORBIDDEN,
