@@ -4,7 +4,7 @@
 
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -40,7 +40,7 @@ pub enum Command {
     Reindex,
     /// Bind this edge to a site on the hub with a one-time enrollment token.
     Enroll {
-        /// The hub's address, e.g. http://127.0.0.1:8443 (plain HTTP: loopback only unless --insecure-http)
+        /// The hub's address, e.g. https://hub.example.org (plain http://: loopback only unless --insecure-http)
         #[arg(long)]
         hub: String,
         /// The enrollment token a hub admin made for this site (base64url: it may start with '-')
@@ -52,6 +52,10 @@ pub enum Command {
         /// Accept plain, unencrypted HTTP to a hub that is not on this machine
         #[arg(long)]
         insecure_http: bool,
+        /// Trust only the CA certificate(s) in this PEM file for the hub's certificate, instead of the
+        /// system's authorities (a hub with its own CA); kept for every later sync
+        #[arg(long, value_name = "FILE")]
+        hub_ca: Option<PathBuf>,
     },
     /// Push every pending change to the hub once (pulling from the hub is not built yet).
     Sync,
@@ -94,9 +98,9 @@ pub fn run() -> anyhow::Result<()> {
             println!("reindexed {n} patients");
             Ok(())
         }
-        Command::Enroll { hub, token, force, insecure_http } => {
+        Command::Enroll { hub, token, force, insecure_http, hub_ca } => {
             let options = crate::sync::EnrollOptions { hub_url: hub, token, force, insecure_http };
-            enroll(&config, options)
+            enroll(&config, options, hub_ca.as_deref())
         }
         Command::Sync => sync(&config),
         Command::PrintConfig => {
@@ -146,9 +150,11 @@ fn user_add(config: &Config, username: &str, role: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn enroll(config: &Config, options: crate::sync::EnrollOptions) -> anyhow::Result<()> {
+fn enroll(config: &Config, options: crate::sync::EnrollOptions, hub_ca: Option<&Path>) -> anyhow::Result<()> {
+    // Checked before the store opens or anything is sent.
+    let hub_ca = hub_ca.map(crate::sync::HubCa::read).transpose()?;
     let store = open_store(config)?;
-    let done = small_runtime()?.block_on(crate::sync::enroll(&store, &config.data_dir, options))?;
+    let done = small_runtime()?.block_on(crate::sync::enroll_with_ca(&store, &config.data_dir, options, hub_ca))?;
     println!(
         "enrolled device {} in site {} ({}, {}) at {}",
         done.device_id, done.site_name, done.site_code, done.site_id, done.hub_url

@@ -1,6 +1,11 @@
 //! The `hub` command line: `serve` (the default), `user add`, `keys rotate`,
 //! `print-config`. `--data-dir`, `--database-url` and the config overrides
 //! apply to every subcommand.
+//!
+//! `serve` settles its transport before it opens the database: HTTPS with
+//! `--tls-cert`/`--tls-key` (files read and checked first), plain HTTP on a
+//! loopback address, or plain HTTP elsewhere with `--insecure-http`; anything
+//! else exits with an error saying how to enable TLS.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -10,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 use crate::AppState;
 use crate::auth::{Role, TokenKeys};
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{Config, LogFormat, Overrides, Transport};
 use crate::db::Database;
 
 #[derive(Debug, Parser)]
@@ -111,15 +116,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    // Before the database: a bad certificate must not cost a cluster start.
+    let tls = match config.transport()? {
+        Transport::Tls { cert_file, key_file } => Some(crate::tls::load_server_config(&cert_file, &key_file)?),
+        Transport::PlainHttp => None,
+    };
+    let insecure_off_loopback = tls.is_none() && !listen.ip().is_loopback();
     let db = Database::open(&config).await.context("cannot open the database")?;
     let result = async {
         let state = AppState::new(config, db.pool.clone())?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(address = %local, "hub listening");
-        println!("Santé Rurale hub is running on http://{local}/");
-        crate::serve(listener, state, santerurale_server::shutdown_signal()).await?;
+        let shutdown = santerurale_server::shutdown_signal();
+        match tls {
+            Some(tls) => {
+                tracing::info!(address = %local, transport = "https", "hub listening");
+                println!("Santé Rurale hub is running on https://{local}/");
+                crate::serve_tls(listener, state, tls, shutdown).await?;
+            }
+            None => {
+                if insecure_off_loopback {
+                    tracing::warn!(
+                        address = %local,
+                        "serving plain HTTP on a non-loopback address (insecure_http): \
+                         only safe behind a TLS-terminating proxy"
+                    );
+                }
+                tracing::info!(address = %local, transport = "http", "hub listening");
+                println!("Santé Rurale hub is running on http://{local}/");
+                crate::serve(listener, state, shutdown).await?;
+            }
+        }
         anyhow::Ok(())
     }
     .await;

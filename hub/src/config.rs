@@ -5,6 +5,10 @@
 //! variables (`HUB_*`, and `DATABASE_URL`) and command-line flags (see
 //! [`Overrides`]). `hub print-config` shows the result with the database
 //! password redacted.
+//!
+//! [`Config::transport`] tells `hub serve` whether to speak HTTPS (a
+//! certificate and key are configured) or plain HTTP, which it allows only on
+//! a loopback address unless `insecure_http` is set (see [`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +43,21 @@ pub struct Config {
     pub sync_max_body_bytes: usize,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; needs
+    /// `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating
+    /// proxy). Without it, and without a certificate, `hub serve` refuses.
+    pub insecure_http: bool,
+}
+
+/// How `hub serve` speaks to its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Tls { cert_file: PathBuf, key_file: PathBuf },
+    PlainHttp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -60,6 +79,9 @@ impl Default for Config {
             enrollment_token_ttl_minutes: 24 * 60,
             sync_max_body_bytes: 4 * 1024 * 1024,
             log_format: LogFormat::Text,
+            tls_cert_file: None,
+            tls_key_file: None,
+            insecure_http: false,
         }
     }
 }
@@ -120,6 +142,15 @@ pub struct Overrides {
     pub sync_max_body_bytes: Option<usize>,
     #[arg(long, env = "HUB_LOG_FORMAT", global = true, hide = true)]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key)
+    #[arg(long = "tls-cert", env = "HUB_TLS_CERT_FILE", global = true)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long = "tls-key", env = "HUB_TLS_KEY_FILE", global = true)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)
+    #[arg(long, env = "HUB_INSECURE_HTTP", global = true)]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +161,13 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid setting {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error(
+        "refusing to serve plain HTTP on {listen}, which is not a loopback address: the traffic would not be \
+         encrypted. Serve HTTPS with a PEM certificate and key (--tls-cert FILE --tls-key FILE, \
+         HUB_TLS_CERT_FILE/HUB_TLS_KEY_FILE, or tls_cert_file/tls_key_file in hub.toml), or, behind a \
+         TLS-terminating proxy, pass --insecure-http (HUB_INSECURE_HTTP=true)"
+    )]
+    PlainHttpNotLoopback { listen: SocketAddr },
 }
 
 impl Config {
@@ -149,6 +187,16 @@ impl Config {
         }
         if let Some(dir) = &o.postgres_bin_dir {
             config.postgres_bin_dir = Some(dir.clone());
+        }
+        if let Some(file) = &o.tls_cert_file {
+            config.tls_cert_file = Some(file.clone());
+        }
+        if let Some(file) = &o.tls_key_file {
+            config.tls_key_file = Some(file.clone());
+        }
+        // A flag can only say yes: its absence keeps the file's setting.
+        if o.insecure_http {
+            config.insecure_http = true;
         }
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
@@ -180,6 +228,12 @@ impl Config {
         if self.sync_max_body_bytes < 1024 {
             return Err(ConfigError::Invalid { field: "sync_max_body_bytes", reason: "at least 1024".into() });
         }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                field: if self.tls_cert_file.is_some() { "tls_key_file" } else { "tls_cert_file" },
+                reason: "a TLS certificate and its key go together: set both tls_cert_file and tls_key_file".into(),
+            });
+        }
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid { field: "db_pool_size", reason: "must be positive".into() });
         }
@@ -192,6 +246,20 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// How `hub serve` must speak: HTTPS when a certificate is configured,
+    /// else plain HTTP if the listen address is loopback or the operator set
+    /// `insecure_http`; otherwise an error saying how to enable TLS.
+    pub fn transport(&self) -> Result<Transport, ConfigError> {
+        if let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) {
+            return Ok(Transport::Tls { cert_file: cert_file.clone(), key_file: key_file.clone() });
+        }
+        if self.listen.ip().is_loopback() || self.insecure_http {
+            Ok(Transport::PlainHttp)
+        } else {
+            Err(ConfigError::PlainHttpNotLoopback { listen: self.listen })
+        }
     }
 
     /// The configuration as TOML (for `hub print-config`), password redacted.
@@ -246,6 +314,43 @@ mod tests {
         assert!(matches!(Config::load(&o, None), Err(ConfigError::Parse { .. })));
         let o = Overrides { database_url: Some("mysql://x".into()), ..Overrides::default() };
         assert!(matches!(Config::load(&o, None), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_the_operator_to_insist() {
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().expect("addr"));
+        let load = |o: &Overrides, listen| Config::load(o, listen).expect("load");
+        let plain = Overrides::default();
+        assert_eq!(load(&plain, addr("127.0.0.1:0")).transport().expect("loopback"), Transport::PlainHttp);
+        assert_eq!(load(&plain, addr("[::1]:0")).transport().expect("loopback"), Transport::PlainHttp);
+        for listen in ["0.0.0.0:8090", "10.1.2.3:8090", "[::]:8090"] {
+            let refused = load(&plain, addr(listen)).transport();
+            assert!(matches!(refused, Err(ConfigError::PlainHttpNotLoopback { .. })), "{listen}: {refused:?}");
+            let message = refused.expect_err("refused").to_string();
+            assert!(message.contains("--tls-cert") && message.contains("--insecure-http"), "{message}");
+        }
+        // The default listen address is every interface: refused too.
+        assert!(load(&plain, None).transport().is_err());
+        let insist = Overrides { insecure_http: true, ..Overrides::default() };
+        assert_eq!(load(&insist, addr("0.0.0.0:8090")).transport().expect("flag"), Transport::PlainHttp);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, "insecure_http = true\n").expect("write");
+        let from_file = Overrides { config: Some(file), ..Overrides::default() };
+        assert_eq!(load(&from_file, addr("0.0.0.0:8090")).transport().expect("file"), Transport::PlainHttp);
+
+        let tls = Overrides {
+            tls_cert_file: Some("cert.pem".into()),
+            tls_key_file: Some("key.pem".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            load(&tls, None).transport().expect("tls"),
+            Transport::Tls { cert_file: "cert.pem".into(), key_file: "key.pem".into() }
+        );
+        let half = Overrides { tls_cert_file: Some("cert.pem".into()), ..Overrides::default() };
+        assert!(matches!(Config::load(&half, None), Err(ConfigError::Invalid { field: "tls_key_file", .. })));
     }
 
     #[test]

@@ -125,6 +125,56 @@ impl HubDir {
         cmd.arg("serve").arg("--listen").arg(addr.to_string());
         cmd
     }
+
+    /// Starts `hub serve` over HTTPS (`HUB_TLS_CERT_FILE`/`HUB_TLS_KEY_FILE`)
+    /// on a free loopback port; returns once the hub says it is running on
+    /// `https://` (it prints that after binding its listener), with the
+    /// process (killed when dropped) and its address. The harness's
+    /// API client speaks plain HTTP only: set the hub up with [`HubDir::start`]
+    /// first, then restart it with this.
+    pub async fn start_tls(&self, cert_file: &Path, key_file: &Path) -> anyhow::Result<(crate::CliChild, SocketAddr)> {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, crate::free_port()?));
+            match self.start_tls_on(addr, cert_file, key_file).await {
+                Ok(hub) => return Ok(hub),
+                Err(e) if format!("{e:#}").contains("cannot listen on") && attempt < ATTEMPTS => {
+                    eprintln!("port {} was taken, retrying: {e:#}", addr.port());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        anyhow::bail!("could not find a free port for the hub in {ATTEMPTS} attempts")
+    }
+
+    /// [`HubDir::start_tls`] on `addr` (a restart where the edges know it).
+    pub async fn start_tls_on(
+        &self,
+        addr: SocketAddr,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> anyhow::Result<(crate::CliChild, SocketAddr)> {
+        let mut cmd = self.serve_command(addr);
+        cmd.env("HUB_TLS_CERT_FILE", cert_file).env("HUB_TLS_KEY_FILE", key_file);
+        let shown = format!("hub serve --listen {addr} (TLS)");
+        let mut child = crate::CliChild::spawn(cmd, shown, &self.log_path())?;
+        let banner = format!("running on https://{addr}/");
+        crate::poll_until("the hub to serve HTTPS", crate::READY_TIMEOUT, || {
+            let said = child.output();
+            let state = if said.contains(&banner) {
+                Ok(Some(()))
+            } else {
+                match child.try_status() {
+                    Ok(Some(status)) => Err(anyhow::anyhow!("the hub exited ({status}):\n{}", crate::tail(&said, 40))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            std::future::ready(state)
+        })
+        .await?;
+        Ok((child, addr))
+    }
 }
 
 /// One row of the hub's change log (`changes`), ids as text, the hash as
@@ -192,4 +242,25 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
             (key == wanted).then(|| value.parse().ok()).flatten()
         })
         .unwrap_or(0.0)
+}
+
+impl HubDir {
+    /// Every patient document the hub holds, by patient id, loaded from its
+    /// database (works with the hub dead).
+    pub async fn documents(&self) -> anyhow::Result<std::collections::BTreeMap<String, crate::DocumentSummary>> {
+        let client = self.db.connect().await?;
+        let rows = client
+            .query("SELECT patient_id::text, doc FROM documents ORDER BY patient_id", &[])
+            .await
+            .context("reading the hub's documents")?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let patient_id: String = row.try_get(0)?;
+            let bytes: Vec<u8> = row.try_get(1)?;
+            let doc = automerge::Automerge::load(&bytes)
+                .with_context(|| format!("the hub's document of patient {patient_id} does not load"))?;
+            out.insert(patient_id, crate::DocumentSummary::of(&doc));
+        }
+        Ok(out)
+    }
 }

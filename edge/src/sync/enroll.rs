@@ -1,11 +1,18 @@
 //! Binding this edge to a site on the hub (see the module docs of [`super`]
 //! and, for crash safety, [`super::keys`]).
+//!
+//! With `--hub-ca FILE` ([`enroll_with_ca`]) the file is read and checked
+//! before any key is made or anything sent; the enrollment goes over a
+//! client that trusts only that CA, and on success the PEM is kept in `meta`
+//! (`hub_ca_pem`) with the hub URL, in the same transaction, so every later
+//! sync trusts exactly what the enrollment trusted. Enrolling again without
+//! it removes a CA kept before.
 
 use std::path::Path;
 
 use santerurale_shared::{DeviceId, SiteId};
 
-use super::client::{HubClient, HubError, HubUrlError};
+use super::client::{HubCa, HubCaError, HubClient, HubError, HubUrlError, TransportError};
 use super::keys::{self, KeyError};
 use super::meta_keys as mk;
 use crate::store::{Store, StoreError, get_meta, now_rfc3339, set_meta};
@@ -53,12 +60,23 @@ pub enum EnrollError {
     #[error(transparent)]
     HubUrl(#[from] HubUrlError),
     #[error(transparent)]
+    HubCa(#[from] HubCaError),
+    #[error(transparent)]
     Key(#[from] KeyError),
     #[error("cannot reach the hub at {url}: check the address and the network, then try again")]
     Network {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: TransportError,
+    },
+    #[error(
+        "the hub's certificate is not trusted ({url}); if the hub uses its own certificate authority, \
+         enroll with --hub-ca FILE (its CA certificate in PEM)"
+    )]
+    Untrusted {
+        url: String,
+        #[source]
+        source: rustls::Error,
     },
     #[error(
         "the hub did not accept the enrollment token ({code}: {message}); check the token or ask the hub admin for a new one"
@@ -82,9 +100,21 @@ pub enum EnrollError {
     Store(#[from] StoreError),
 }
 
-/// Enrolls the edge whose store is `store` and data directory `data_dir`.
+/// Enrolls the edge whose store is `store` and data directory `data_dir`,
+/// checking an `https://` hub against the system's trusted authorities.
 pub async fn enroll(store: &Store, data_dir: &Path, options: EnrollOptions) -> Result<Enrollment, EnrollError> {
-    let client = HubClient::new(&options.hub_url, options.insecure_http)?;
+    enroll_with_ca(store, data_dir, options, None).await
+}
+
+/// [`enroll`], trusting only `hub_ca` (read with [`HubCa::read`]) for the
+/// hub's certificate when given; it is kept for every later sync.
+pub async fn enroll_with_ca(
+    store: &Store,
+    data_dir: &Path,
+    options: EnrollOptions,
+    hub_ca: Option<HubCa>,
+) -> Result<Enrollment, EnrollError> {
+    let client = HubClient::new(&options.hub_url, options.insecure_http, hub_ca.as_ref())?;
     if !options.force {
         if let Some(site) = store.read(|c| get_meta(c, mk::SITE_ID)).await? {
             return Err(EnrollError::AlreadyEnrolled { site });
@@ -96,7 +126,8 @@ pub async fn enroll(store: &Store, data_dir: &Path, options: EnrollOptions) -> R
     }
     let key = keys::generate();
     keys::write_pending(data_dir, &key)?;
-    let result = register(store, data_dir, &client, &options, &key).await;
+    let ca_pem = hub_ca.map(|ca| ca.pem().to_owned());
+    let result = register(store, data_dir, &client, &options, ca_pem, &key).await;
     if result.is_err() {
         keys::discard_pending(data_dir);
     }
@@ -108,12 +139,14 @@ async fn register(
     data_dir: &Path,
     client: &HubClient,
     options: &EnrollOptions,
+    ca_pem: Option<String>,
     key: &santerurale_shared::sync::SigningKey,
 ) -> Result<Enrollment, EnrollError> {
     let device_id = store.device_id();
     let url = client.base().to_owned();
     let answer = client.enroll(&options.token, device_id, key).await.map_err(|e| match e {
         HubError::Network(source) => EnrollError::Network { url: url.clone(), source },
+        HubError::Untrusted(source) => EnrollError::Untrusted { url: url.clone(), source },
         HubError::Refused { status, code, message, .. } => match status {
             401 | 403 => EnrollError::TokenRejected { code, message },
             410 => EnrollError::TokenGone { code, message },
@@ -148,6 +181,12 @@ async fn register(
             set_meta(c, mk::SITE_CODE, &saved.site_code)?;
             set_meta(c, mk::HUB_URL, &saved.hub_url)?;
             set_meta(c, mk::HUB_INSECURE_HTTP, if insecure { "true" } else { "false" })?;
+            match &ca_pem {
+                Some(pem) => set_meta(c, mk::HUB_CA_PEM, pem)?,
+                None => {
+                    c.execute("DELETE FROM meta WHERE key = ?1", [mk::HUB_CA_PEM])?;
+                }
+            }
             set_meta(c, mk::ENROLLED_AT, &now_rfc3339())?;
             // A previous enrollment's failures say nothing about this one.
             c.execute("DELETE FROM meta WHERE key IN (?1, ?2)", [mk::LAST_ERROR, mk::LAST_ERROR_AT])?;
