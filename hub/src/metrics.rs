@@ -38,6 +38,8 @@ pub struct Metrics {
     /// `sync_conflicts_open`: open conflicts, counted in the database at
     /// each scrape.
     pub sync_conflicts_open: IntGauge,
+    /// `sync_conflicts_resolved_total`: conflicts an admin resolved.
+    pub sync_conflicts_resolved: IntCounter,
 }
 
 impl Metrics {
@@ -88,6 +90,9 @@ impl Metrics {
         .expect("valid metric");
         let sync_conflicts_open = IntGauge::new("sync_conflicts_open", "Conflicts not yet resolved, as of the scrape.")
             .expect("valid metric");
+        let sync_conflicts_resolved =
+            IntCounter::new("sync_conflicts_resolved_total", "Conflicts resolved by an admin choosing a value.")
+                .expect("valid metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -98,6 +103,7 @@ impl Metrics {
             Box::new(sync_last_contact.clone()),
             Box::new(sync_conflicts_detected.clone()),
             Box::new(sync_conflicts_open.clone()),
+            Box::new(sync_conflicts_resolved.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -112,6 +118,7 @@ impl Metrics {
             sync_last_contact,
             sync_conflicts_detected,
             sync_conflicts_open,
+            sync_conflicts_resolved,
         }
     }
 

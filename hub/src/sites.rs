@@ -1,15 +1,16 @@
-//! Sites (clinics): `POST /api/v1/sites` (admins) and `GET /api/v1/sites`.
+//! Sites (clinics): `POST /api/v1/sites` (admins), `GET /api/v1/sites`, and
+//! `GET /api/v1/sites/{id}/sync-status` (admins, see [`sync_status`]).
 //!
 //! A site's `code` is its short human code, stored upper-case and unique;
 //! `dhis2_org_unit`, when known, is the DHIS2 organisation unit uid the
 //! clinic reports under (11 characters: a letter, then letters or digits).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use santerurale_shared::{SiteId, ValidationErrors};
+use santerurale_shared::{DeviceId, SiteId, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
@@ -140,7 +141,9 @@ fn from_row(row: &Row) -> Result<Site, DbError> {
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/sites", get(list_sites).post(create_site))
+    Router::new()
+        .route("/api/v1/sites", get(list_sites).post(create_site))
+        .route("/api/v1/sites/{id}/sync-status", get(get_sync_status))
 }
 
 async fn create_site(
@@ -157,6 +160,139 @@ async fn create_site(
 
 async fn list_sites(State(state): State<AppState>, _user: CurrentUser) -> Result<Json<Vec<Site>>, ApiError> {
     Ok(Json(list(&state.db).await?))
+}
+
+/// How a site's sync stands, from what its devices last told the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SiteSyncStatus {
+    pub site_id: SiteId,
+    pub code: String,
+    pub name: String,
+    /// The latest sync request (push or pull) of any of its devices.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_contact: Option<OffsetDateTime>,
+    /// Changes its devices pushed that were new to the hub.
+    pub changes_received: i64,
+    /// Outbox entries its active (unrevoked) devices last reported pending, summed.
+    pub outbox_depth: i64,
+    /// Patients the site holds (it pushed to them; pull sends it theirs).
+    pub patients: i64,
+    /// Open conflicts on those patients.
+    pub open_conflicts: i64,
+    /// Every device ever enrolled in the site, oldest first.
+    pub devices: Vec<DeviceSyncStatus>,
+}
+
+/// One device of a [`SiteSyncStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSyncStatus {
+    pub id: DeviceId,
+    /// `enrolled` or `revoked`.
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub enrolled_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_contact: Option<OffsetDateTime>,
+    /// As last reported by a push; `None` before its first push.
+    pub outbox_depth: Option<i64>,
+    /// The highest outbox seq of its the hub has stored.
+    pub last_push_seq: i64,
+    pub changes_received: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStatusError {
+    #[error("no site {0}")]
+    NotFound(SiteId),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<SyncStatusError> for ApiError {
+    fn from(e: SyncStatusError) -> Self {
+        match e {
+            SyncStatusError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "site_not_found", e.to_string()),
+            SyncStatusError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// The sync status of site `site_id`, read in one snapshot.
+pub async fn sync_status(pool: &deadpool_postgres::Pool, site_id: SiteId) -> Result<SiteSyncStatus, SyncStatusError> {
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(DbError::from)?;
+    let id = site_id.as_uuid();
+    let site = tx
+        .query_opt(
+            "SELECT s.code, s.name,
+                    (SELECT count(*) FROM site_patients sp WHERE sp.site_id = s.id) AS patients,
+                    (SELECT count(*) FROM conflicts c
+                     WHERE c.resolved_at IS NULL
+                       AND c.patient_id IN (SELECT sp.patient_id FROM site_patients sp WHERE sp.site_id = s.id))
+                        AS open_conflicts
+             FROM sites s WHERE s.id = $1",
+            &[id],
+        )
+        .await
+        .map_err(DbError::from)?
+        .ok_or(SyncStatusError::NotFound(site_id))?;
+    // A change's site is its device's: per-device counts add up to the site's.
+    let rows = tx
+        .query(
+            "SELECT d.id, d.enrolled_at, d.revoked_at, d.last_contact, d.outbox_depth, d.last_push_seq,
+                    (SELECT count(*) FROM changes c WHERE c.device_id = d.id) AS received
+             FROM devices d WHERE d.site_id = $1 ORDER BY d.enrolled_at, d.id",
+            &[id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    tx.commit().await.map_err(DbError::from)?;
+    let devices = rows
+        .iter()
+        .map(|r| -> Result<DeviceSyncStatus, DbError> {
+            let revoked_at: Option<OffsetDateTime> = r.try_get("revoked_at")?;
+            Ok(DeviceSyncStatus {
+                id: DeviceId::from_uuid(r.try_get("id")?),
+                status: if revoked_at.is_some() { "revoked" } else { "enrolled" },
+                enrolled_at: r.try_get("enrolled_at")?,
+                revoked_at,
+                last_contact: r.try_get("last_contact")?,
+                outbox_depth: r.try_get("outbox_depth")?,
+                last_push_seq: r.try_get("last_push_seq")?,
+                changes_received: r.try_get("received")?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SiteSyncStatus {
+        site_id,
+        code: site.try_get("code").map_err(DbError::from)?,
+        name: site.try_get("name").map_err(DbError::from)?,
+        last_contact: devices.iter().filter_map(|d| d.last_contact).max(),
+        changes_received: devices.iter().map(|d| d.changes_received).sum(),
+        outbox_depth: devices.iter().filter(|d| d.revoked_at.is_none()).filter_map(|d| d.outbox_depth).sum(),
+        patients: site.try_get("patients").map_err(DbError::from)?,
+        open_conflicts: site.try_get("open_conflicts").map_err(DbError::from)?,
+        devices,
+    })
+}
+
+async fn get_sync_status(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<SiteSyncStatus>, ApiError> {
+    user.require_admin()?;
+    // Not a UUID: no such site either.
+    let id: SiteId = id.parse().map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "site_not_found", "no such site"))?;
+    Ok(Json(sync_status(&state.db, id).await?))
 }
 
 #[cfg(test)]

@@ -18,8 +18,15 @@
 //! the next apply for that patient replays the patient's whole log first,
 //! so the queued change lands once its dependency arrives.
 //!
-//! The push transaction holds the log's advisory lock, so no two applies
-//! run at once and a document is never written from two stale copies.
+//! The same steps apply a change a hub admin wrote ([`apply_authored`], a
+//! conflict resolution, see [`crate::conflicts`]). Such a change has no
+//! device: the patient keeps its site and `last_device_id` (the last edge
+//! that wrote it), and an encounter keeps the device whose actor created it
+//! (the hub only ever writes fields of existing encounters).
+//!
+//! Every apply runs under the log's advisory lock ([`lock_log`], taken by
+//! the push or resolution transaction), so no two applies run at once and a
+//! document is never written from two stale copies.
 //! A change Automerge refuses to apply fails the whole push as an internal
 //! (retryable) error, so nothing is stored half-applied; such a change was
 //! already checked to decode, so this means a bug, logged with the patient.
@@ -36,6 +43,43 @@ use uuid::Uuid;
 use super::SyncError;
 use super::conflicts::{self, Findings};
 use super::document::{self, PatientRecord, ReadError};
+
+/// Key of the advisory lock that orders `hub_seq` ("synclog!" in ASCII).
+/// The same value as `push.rs`'s own copy: both must take the same lock.
+const LOG_LOCK_KEY: i64 = 0x7379_6e63_6c6f_6721;
+
+/// Takes the log's advisory lock for the rest of `tx`: `hub_seq` values
+/// then become visible in order (pull relies on it, see [`super::pull`]),
+/// and applies to a patient's document never interleave.
+pub async fn lock_log(tx: &Transaction<'_>) -> Result<(), SyncError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY]).await?;
+    Ok(())
+}
+
+/// Who wrote the changes being applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provenance {
+    /// Pushed by this device of this site.
+    Device { site: SiteId, device: DeviceId },
+    /// Written on the hub by an admin.
+    Hub,
+}
+
+impl Provenance {
+    fn site(self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Device { site, .. } => Some(*site.as_uuid()),
+            Self::Hub => None,
+        }
+    }
+
+    fn device(self) -> Option<uuid::Uuid> {
+        match self {
+            Self::Device { device, .. } => Some(*device.as_uuid()),
+            Self::Hub => None,
+        }
+    }
+}
 
 /// One patient's document after applying, ready to write.
 struct Applied {
@@ -63,6 +107,16 @@ pub async fn apply(
     device: DeviceId,
     new: Vec<(Uuid, Vec<u8>)>,
 ) -> Result<u64, SyncError> {
+    apply_from(tx, Provenance::Device { site, device }, new).await
+}
+
+/// Applies changes written on the hub by an admin (already stored in the
+/// log), like [`apply`]; the caller holds [`lock_log`].
+pub async fn apply_authored(tx: &Transaction<'_>, new: Vec<(Uuid, Vec<u8>)>) -> Result<u64, SyncError> {
+    apply_from(tx, Provenance::Hub, new).await
+}
+
+async fn apply_from(tx: &Transaction<'_>, from: Provenance, new: Vec<(Uuid, Vec<u8>)>) -> Result<u64, SyncError> {
     if new.is_empty() {
         return Ok(0);
     }
@@ -110,8 +164,8 @@ pub async fn apply(
 
     write_documents(tx, &applied).await?;
     let records: Vec<&PatientRecord> = applied.iter().filter_map(|a| a.record.as_ref()).collect();
-    write_patients(tx, site, device, &records).await?;
-    write_encounters(tx, site, device, &records).await?;
+    write_patients(tx, from, &records).await?;
+    write_encounters(tx, from, &records).await?;
     let findings: Vec<(Uuid, Findings)> =
         applied.iter_mut().map(|a| (a.patient, std::mem::take(&mut a.conflicts))).collect();
     conflicts::record(tx, &findings).await
@@ -169,13 +223,10 @@ async fn write_documents(tx: &Transaction<'_>, applied: &[Applied]) -> Result<()
 }
 
 /// Upserts the patients; `site_id` is kept from the first write, which
-/// takes the site of the patient's first change in the log.
-async fn write_patients(
-    tx: &Transaction<'_>,
-    site: SiteId,
-    device: DeviceId,
-    records: &[&PatientRecord],
-) -> Result<(), SyncError> {
+/// takes the site of the patient's first pushed change in the log. A
+/// hub-authored change keeps `last_device_id` (on a first write, which a
+/// resolution never is, the last device in the log).
+async fn write_patients(tx: &Transaction<'_>, from: Provenance, records: &[&PatientRecord]) -> Result<(), SyncError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -207,9 +258,12 @@ async fn write_patients(
                                phone, village, national_id, whatsapp_consent, whatsapp_consent_date,
                                created_at, updated_at, last_device_id, search, phone_digits)
          SELECT t.id,
-                coalesce((SELECT c.site_id FROM changes c WHERE c.patient_id = t.id ORDER BY c.hub_seq LIMIT 1), $1),
+                coalesce((SELECT c.site_id FROM changes c WHERE c.patient_id = t.id AND c.site_id IS NOT NULL
+                          ORDER BY c.hub_seq LIMIT 1), $1::uuid),
                 t.given_name, t.family_name, t.sex, t.birth_date, t.birth_date_estimated, t.phone, t.village,
-                t.national_id, t.whatsapp_consent, t.whatsapp_consent_date, t.created_at, t.updated_at, $2,
+                t.national_id, t.whatsapp_consent, t.whatsapp_consent_date, t.created_at, t.updated_at,
+                coalesce($2::uuid, (SELECT c.device_id FROM changes c WHERE c.patient_id = t.id
+                                    AND c.device_id IS NOT NULL ORDER BY c.hub_seq DESC LIMIT 1)),
                 t.search, t.phone_digits
          FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::date[], $8::bool[], $9::text[],
                      $10::text[], $11::text[], $12::bool[], $13::date[], $14::timestamptz[], $15::timestamptz[],
@@ -223,11 +277,11 @@ async fn write_patients(
              phone = EXCLUDED.phone, village = EXCLUDED.village, national_id = EXCLUDED.national_id,
              whatsapp_consent = EXCLUDED.whatsapp_consent, whatsapp_consent_date = EXCLUDED.whatsapp_consent_date,
              created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-             last_device_id = EXCLUDED.last_device_id, search = EXCLUDED.search,
+             last_device_id = coalesce($2::uuid, patients.last_device_id), search = EXCLUDED.search,
              phone_digits = EXCLUDED.phone_digits",
         &[
-            site.as_uuid(),
-            device.as_uuid(),
+            &from.site(),
+            &from.device(),
             &c.id,
             &c.given_name,
             &c.family_name,
@@ -270,13 +324,9 @@ struct PatientColumns<'a> {
 
 /// Rewrites the encounters of these patients. Encounters are only ever
 /// added, so rewriting is simple; an encounter's site is its device's (the
-/// pushing site when the hub does not know the device).
-async fn write_encounters(
-    tx: &Transaction<'_>,
-    site: SiteId,
-    device: DeviceId,
-    records: &[&PatientRecord],
-) -> Result<(), SyncError> {
+/// pushing site when the hub does not know the device; for a hub-authored
+/// change, the patient's).
+async fn write_encounters(tx: &Transaction<'_>, from: Provenance, records: &[&PatientRecord]) -> Result<(), SyncError> {
     if records.is_empty() {
         return Ok(());
     }
@@ -288,7 +338,7 @@ async fn write_encounters(
             let enc = &e.encounter;
             c.id.push(*enc.id.as_uuid());
             c.patient.push(*r.id.as_uuid());
-            c.device.push(*e.device.unwrap_or(device).as_uuid());
+            c.device.push(e.device.map(|d| *d.as_uuid()).or(from.device()));
             c.date.push(enc.date);
             c.kind.push(enc.kind.as_str());
             c.complaint.push(enc.complaint.as_str());
@@ -313,17 +363,22 @@ async fn write_encounters(
         "INSERT INTO encounters (id, patient_id, site_id, device_id, date, kind, complaint, diagnosis, icd10,
                                  weight_kg, temperature_c, bp_systolic, bp_diastolic, notes, clinician,
                                  age_group, recorded_at)
-         SELECT t.id, t.patient_id, coalesce((SELECT d.site_id FROM devices d WHERE d.id = t.device_id), $1),
-                t.device_id, t.date, t.kind, t.complaint, t.diagnosis, t.icd10, t.weight_kg, t.temperature_c,
-                t.bp_systolic, t.bp_diastolic, t.notes, t.clinician, t.age_group, t.recorded_at
+         SELECT t.id, t.patient_id,
+                coalesce((SELECT d.site_id FROM devices d WHERE d.id = coalesce(t.device_id, p.last_device_id)),
+                         $1::uuid, p.site_id),
+                coalesce(t.device_id, p.last_device_id), t.date, t.kind, t.complaint, t.diagnosis, t.icd10,
+                t.weight_kg, t.temperature_c, t.bp_systolic, t.bp_diastolic, t.notes, t.clinician, t.age_group,
+                t.recorded_at
          FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::date[], $6::text[], $7::text[], $8::text[],
                      $9::text[], $10::float8[], $11::float8[], $12::int4[], $13::int4[], $14::text[], $15::text[],
                      $16::text[], $17::timestamptz[])
               AS t(id, patient_id, device_id, date, kind, complaint, diagnosis, icd10, weight_kg, temperature_c,
-                   bp_systolic, bp_diastolic, notes, clinician, age_group, recorded_at)
+                   bp_systolic, bp_diastolic, notes, clinician, age_group, recorded_at),
+              patients p
+         WHERE p.id = t.patient_id
          ON CONFLICT (id) DO NOTHING",
         &[
-            site.as_uuid(),
+            &from.site(),
             &c.id,
             &c.patient,
             &c.device,
@@ -350,7 +405,8 @@ async fn write_encounters(
 struct EncounterColumns<'a> {
     id: Vec<Uuid>,
     patient: Vec<Uuid>,
-    device: Vec<Uuid>,
+    /// `None`: the patient's last device (see [`write_encounters`]).
+    device: Vec<Option<Uuid>>,
     date: Vec<Date>,
     kind: Vec<&'static str>,
     complaint: Vec<&'a str>,

@@ -9,15 +9,24 @@
 //! Detected conflicts are upserted into `conflicts` (one open row per
 //! patient and field); an open conflict whose field now has a single value
 //! (someone edited it after merging) is closed with `resolved_by = 'merge'`.
+//!
+//! An admin settles a conflict by choosing a value ([`write_resolution`]):
+//! the hub writes it onto the document as a change of its own, which the
+//! log then carries to every site holding the patient (see
+//! [`crate::conflicts`] for the transaction around it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::transaction::{CommitOptions, Transactable as _};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
 use serde_json::{Value as Json, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::SyncError;
+use super::document::{self, FieldPath, ReadError, ValueError};
 
 /// The root keys whose concurrent writes are conflicts.
 pub const DEMOGRAPHIC_KEYS: &[&str] = &[
@@ -194,6 +203,95 @@ pub async fn record(tx: &Transaction<'_>, findings: &[(Uuid, Findings)]) -> Resu
     Ok(new)
 }
 
+/// An admin's choice for a conflicting field, written as an Automerge change
+/// onto the patient's document (see [`write_resolution`]).
+#[derive(Debug)]
+pub struct Resolution {
+    /// The raw change, as the log stores it.
+    pub change: Vec<u8>,
+    /// Its Automerge hash.
+    pub hash: Vec<u8>,
+    /// The value written, normalised (`null` when the key was removed).
+    pub value: Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolutionError {
+    #[error("the conflict names a field that is not in the patient's document: {0}")]
+    UnknownField(String),
+    #[error(transparent)]
+    Refused(#[from] ValueError),
+    #[error("the patient's record cannot be read to check a new value ({0}): choose one of the competing values")]
+    Unreadable(#[source] ReadError),
+    #[error("cannot write the resolution onto the document")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// Writes `chosen` at `field` of the saved document `saved`, as a change
+/// by a fresh hub actor; `now` dates it (commit time, `updated_at`) and
+/// bounds new dates.
+///
+/// `chosen` is taken as is when it equals one of the field's competing
+/// values (numbers compared as numbers); otherwise it must pass the edge's
+/// validation ([`document::checked_value`]). The `put` (or `delete`, for
+/// `null`) names every competing value as its predecessor, so once applied
+/// the field holds that one value everywhere. `updated_at` is written too,
+/// as every edge edit does.
+///
+/// The actor is 32 random bytes per resolution: never a device id (16
+/// bytes, see [`detect`]'s `device_id`), and never reused, so two hub
+/// instances cannot both write sequence number 1 of one actor.
+pub fn write_resolution(
+    saved: &[u8],
+    conflict: Uuid,
+    field: &str,
+    chosen: &Json,
+    now: OffsetDateTime,
+) -> Result<Resolution, ResolutionError> {
+    let mut doc = AutoCommit::load(saved)?;
+    let unknown = || ResolutionError::UnknownField(field.to_owned());
+    let path = FieldPath::parse(field).ok_or_else(unknown)?;
+    let obj = path.object(&doc)?.ok_or_else(unknown)?;
+    let competing = doc.get_all(&obj, path.key())?;
+    let same = competing.iter().find_map(|(v, _)| match v {
+        Value::Scalar(s) if same_value(&to_json(v), chosen) => Some(s.clone().into_owned()),
+        _ => None,
+    });
+    let present = !competing.is_empty();
+    drop(competing);
+    let value = match same {
+        Some(v) => Some(v),
+        None => {
+            let record = document::read(&doc).map_err(ResolutionError::Unreadable)?;
+            document::checked_value(&record, &path, chosen, now.date())?
+        }
+    };
+    doc.set_actor(ActorId::from(rand::random::<[u8; 32]>().as_slice()));
+    match &value {
+        Some(v) => doc.put(&obj, path.key(), v.clone())?,
+        None if present => doc.delete(&obj, path.key())?,
+        None => {}
+    }
+    let stamp = now.format(&Rfc3339).map_err(|_| unknown())?;
+    doc.put(ROOT, "updated_at", stamp)?;
+    let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    doc.commit_with(
+        CommitOptions::default().with_message(format!("hub: conflict {conflict} resolved ({field})")).with_time(millis),
+    );
+    let change = doc.get_last_local_change().ok_or_else(unknown)?;
+    let json = value.map_or(Json::Null, |v| to_json(&Value::Scalar(std::borrow::Cow::Owned(v))));
+    Ok(Resolution { change: change.raw_bytes().to_vec(), hash: change.hash().0.to_vec(), value: json })
+}
+
+/// Equal JSON values, numbers compared as numbers (`61.5` stored as a float,
+/// `120` as an unsigned integer, whatever way the admin's JSON spells them).
+fn same_value(a: &Json, b: &Json) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use automerge::ActorId;
@@ -250,5 +348,122 @@ mod tests {
         let found = detect(&a, &BTreeSet::new());
         let fields: Vec<&str> = found.open.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["encounters.e1.diagnosis"]);
+    }
+
+    /// A full patient document (the edge's layout) with one encounter, and
+    /// a copy on a second device; each then writes `phone` and the
+    /// encounter's `bp_systolic` concurrently. Returns the merged document,
+    /// the second copy (not merged), and the encounter id.
+    fn conflicted() -> (AutoCommit, AutoCommit, String) {
+        let mut a = AutoCommit::new().with_actor(ActorId::from(Uuid::now_v7().as_bytes().as_slice()));
+        a.put(ROOT, "id", Uuid::now_v7().to_string()).expect("put");
+        for (k, v) in [
+            ("given_name", "Awa"),
+            ("family_name", "Diarra"),
+            ("sex", "female"),
+            ("birth_date", "1990-03-14"),
+            ("village", "Kati"),
+            ("phone", "+22376123456"),
+            ("created_at", "2026-01-01T10:00:00Z"),
+        ] {
+            a.put(ROOT, k, v).expect("put");
+        }
+        a.put(ROOT, "birth_date_estimated", false).expect("put");
+        a.put(ROOT, "whatsapp_consent", false).expect("put");
+        let encounters = a.put_object(ROOT, "encounters", ObjType::Map).expect("put");
+        let id = Uuid::now_v7().to_string();
+        let e = a.put_object(&encounters, id.as_str(), ObjType::Map).expect("put");
+        for (k, v) in [
+            ("date", "2026-01-10"),
+            ("kind", "consultation"),
+            ("complaint", "fièvre"),
+            ("diagnosis", "paludisme"),
+            ("notes", ""),
+            ("clinician", "moussa"),
+            ("recorded_at", "2026-01-10T09:00:00Z"),
+        ] {
+            a.put(&e, k, v).expect("put");
+        }
+        a.put(&e, "bp_systolic", ScalarValue::Uint(120)).expect("put");
+        a.put(&e, "bp_diastolic", ScalarValue::Uint(80)).expect("put");
+        a.commit();
+        let mut b = a.fork().with_actor(ActorId::from(Uuid::now_v7().as_bytes().as_slice()));
+        a.put(ROOT, "phone", "+22376000001").expect("put");
+        a.put(&e, "bp_systolic", ScalarValue::Uint(130)).expect("put");
+        b.put(ROOT, "phone", "+22376000002").expect("put");
+        b.put(&e, "bp_systolic", ScalarValue::Uint(110)).expect("put");
+        b.commit();
+        let mut copy = b.fork();
+        a.merge(&mut b).expect("merge");
+        copy.set_actor(ActorId::from(Uuid::now_v7().as_bytes().as_slice()));
+        (a, copy, id)
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    /// Applies `r` to `doc`; the field's values afterwards.
+    fn after(doc: &mut AutoCommit, r: &Resolution, field: &str) -> Vec<Json> {
+        doc.apply_changes([automerge::Change::from_bytes(r.change.clone()).expect("change")]).expect("apply");
+        let path = FieldPath::parse(field).expect("path");
+        let obj = path.object(doc).expect("read").expect("object");
+        doc.get_all(&obj, path.key()).expect("get_all").iter().map(|(v, _)| to_json(v)).collect()
+    }
+
+    #[test]
+    fn a_resolution_supersedes_every_competing_value_on_every_copy() {
+        let (mut merged, mut copy, e) = conflicted();
+        let bp = format!("encounters.{e}.bp_systolic");
+        let fields: BTreeSet<String> = detect(&merged, &BTreeSet::new()).open.into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, BTreeSet::from(["phone".to_owned(), bp.clone()]));
+
+        // One of the competing values, spelled as the admin likes.
+        let saved = merged.save();
+        let r = write_resolution(&saved, Uuid::now_v7(), "phone", &json!("+22376000002"), now()).expect("resolved");
+        assert_eq!(r.value, json!("+22376000002"));
+        let change = automerge::Change::from_bytes(r.change.clone()).expect("change");
+        assert_eq!(change.actor_id().to_bytes().len(), 32, "a hub actor is never a device id");
+        assert_eq!(change.hash().0.to_vec(), r.hash);
+        assert_eq!(after(&mut merged, &r, "phone"), [json!("+22376000002")]);
+        // The copy that never saw the other edit converges too.
+        assert_eq!(after(&mut copy, &r, "phone"), [json!("+22376000002")]);
+
+        let saved = merged.save();
+        let r = write_resolution(&saved, Uuid::now_v7(), &bp, &json!(130.0), now()).expect("resolved");
+        assert_eq!(r.value, json!(130));
+        assert_eq!(after(&mut merged, &r, &bp), [json!(130)]);
+        let found = detect(&merged, &BTreeSet::from(["phone".to_owned(), bp.clone()]));
+        assert!(found.open.is_empty(), "{found:?}");
+        assert_eq!(found.settled.len(), 2);
+    }
+
+    #[test]
+    fn a_new_value_is_validated_and_normalised_like_the_edge_does() {
+        let (mut merged, _, e) = conflicted();
+        let saved = merged.save();
+        let id = Uuid::now_v7();
+        let r = write_resolution(&saved, id, "phone", &json!("+223 76 11 22 33"), now()).expect("valid");
+        assert_eq!(r.value, json!("+22376112233"));
+        let r = write_resolution(&saved, id, "phone", &Json::Null, now()).expect("an optional field may be cleared");
+        assert_eq!(r.value, Json::Null);
+        let bp = format!("encounters.{e}.bp_systolic");
+        let r = write_resolution(&saved, id, &bp, &json!(125), now()).expect("valid");
+        assert_eq!(r.value, json!(125));
+
+        let refused = |field: &str, value: Json| match write_resolution(&saved, id, field, &value, now()) {
+            Err(ResolutionError::Refused(e)) => e,
+            other => panic!("{field} = {value}: {other:?}"),
+        };
+        assert!(matches!(refused("phone", json!("not a phone")), ValueError::Invalid(_)));
+        assert!(matches!(refused("phone", json!(76_112_233)), ValueError::WrongType { .. }));
+        assert!(matches!(refused(&bp, json!(300)), ValueError::Invalid(_)));
+        assert!(matches!(refused(&bp, json!(79)), ValueError::Invalid(_)), "below the diastolic");
+        assert!(matches!(refused(&bp, Json::Null), ValueError::Invalid(_)), "both pressures or none");
+        assert!(matches!(refused(&format!("encounters.{e}.clinician"), json!("awa")), ValueError::OnlyCompeting(_)));
+        assert!(matches!(
+            write_resolution(&saved, id, "encounters.nope.diagnosis", &json!("x"), now()),
+            Err(ResolutionError::UnknownField(_))
+        ));
     }
 }

@@ -8,9 +8,18 @@
 //! A document without the patient keys yet (its first change has not
 //! arrived) reads as [`ReadError::Incomplete`] and is left out of the
 //! projection until it does.
+//!
+//! For conflict resolution, [`FieldPath`] locates a conflicting field where
+//! the edge writes it, and [`checked_value`] validates an admin's new value
+//! for it with the edge's own rules (`santerurale_shared`), so the hub never
+//! writes a value an edge would have refused from a form.
 
 use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
-use santerurale_shared::{AgeGroup, DeviceId, Encounter, EncounterKind, PatientFields, PatientId, Phone, Sex};
+use santerurale_shared::patient::format_date;
+use santerurale_shared::{
+    AgeGroup, DeviceId, Encounter, EncounterDraft, EncounterId, EncounterKind, PatientFields, PatientId, Phone, Sex,
+    ValidationErrors,
+};
 use time::{Date, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +160,205 @@ impl Reader<'_> {
             age_group: AgeGroup::at(birth_date, date),
             recorded_at: parse_timestamp(&text("recorded_at")?).ok_or_else(|| bad("recorded_at"))?,
         })
+    }
+}
+
+/// A field of a patient document, as `conflicts.field` names it: a
+/// demographic key of the root (`village`), or a key of one encounter
+/// (`encounters.<encounter id>.diagnosis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldPath {
+    Root(String),
+    Encounter { id: EncounterId, key: String },
+}
+
+impl FieldPath {
+    #[must_use]
+    pub fn parse(field: &str) -> Option<Self> {
+        match field.strip_prefix("encounters.") {
+            Some(rest) => {
+                let (id, key) = rest.split_once('.')?;
+                Some(Self::Encounter { id: id.parse().ok()?, key: key.to_owned() })
+            }
+            None if !field.is_empty() && !field.contains('.') => Some(Self::Root(field.to_owned())),
+            None => None,
+        }
+    }
+
+    #[must_use]
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Root(key) | Self::Encounter { key, .. } => key,
+        }
+    }
+
+    /// The map holding the field, where the edge puts it: the root, or the
+    /// encounter's map under `encounters`. `None` when it does not exist.
+    pub fn object(&self, doc: &AutoCommit) -> Result<Option<ObjId>, automerge::AutomergeError> {
+        let Self::Encounter { id, .. } = self else { return Ok(Some(ROOT)) };
+        let Some((Value::Object(ObjType::Map), encounters)) = doc.get(ROOT, "encounters")? else { return Ok(None) };
+        Ok(match doc.get(&encounters, id.to_string())? {
+            Some((Value::Object(ObjType::Map), e)) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+/// Why a new value for a field is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("{field} expects {expected}")]
+    WrongType { field: String, expected: &'static str },
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    #[error("{0} can only take one of its competing values")]
+    OnlyCompeting(String),
+    #[error("{field} cannot be {what} while the patient's other fields are as they are")]
+    NotApplicable { field: String, what: &'static str },
+}
+
+/// The value to store at `path` for `candidate` (JSON; `null` removes an
+/// optional field), when it is a new value rather than one of the competing
+/// ones: validated exactly as the edge validates a form, as part of the
+/// record as it reads now (`record`, the winners), then normalised as the
+/// edge would store it (trimmed, E.164 phone, upper-case ICD-10, whole
+/// blood pressures). `Ok(None)`: remove the key. `today` bounds dates.
+///
+/// A phone must be given in the international format: the hub has no
+/// clinic to take a default country from.
+pub fn checked_value(
+    record: &PatientRecord,
+    path: &FieldPath,
+    candidate: &serde_json::Value,
+    today: Date,
+) -> Result<Option<ScalarValue>, ValueError> {
+    let value = match path {
+        FieldPath::Root(key) => checked_demographic(record, key, candidate, today)?,
+        FieldPath::Encounter { id, key } => {
+            let e = record
+                .encounters
+                .iter()
+                .find(|e| e.encounter.id == *id)
+                .ok_or_else(|| ValueError::OnlyCompeting(format!("encounters.{id}.{key}")))?;
+            checked_encounter(&e.encounter, record.fields.birth_date, key, candidate, today)?
+        }
+    };
+    // Blank text clears an optional field, as on the edge's forms.
+    let blank = candidate.is_null() || candidate.as_str().is_some_and(|s| s.trim().is_empty());
+    match (blank, &value) {
+        (false, None) => Err(ValueError::NotApplicable { field: path.key().to_owned(), what: "set" }),
+        (true, Some(_)) if candidate.is_null() => {
+            Err(ValueError::NotApplicable { field: path.key().to_owned(), what: "empty" })
+        }
+        _ => Ok(value),
+    }
+}
+
+fn checked_demographic(
+    record: &PatientRecord,
+    key: &str,
+    candidate: &serde_json::Value,
+    today: Date,
+) -> Result<Option<ScalarValue>, ValueError> {
+    let mut draft = record.fields.to_draft();
+    match key {
+        "given_name" => draft.given_name = text(key, candidate)?,
+        "family_name" => draft.family_name = text(key, candidate)?,
+        "sex" => draft.sex = text(key, candidate)?,
+        "birth_date" => draft.birth_date = text(key, candidate)?,
+        "phone" => draft.phone = text(key, candidate)?,
+        "village" => draft.village = text(key, candidate)?,
+        "national_id" => draft.national_id = text(key, candidate)?,
+        "whatsapp_consent_date" => draft.whatsapp_consent_date = text(key, candidate)?,
+        "birth_date_estimated" => draft.birth_date_estimated = flag(key, candidate)?,
+        "whatsapp_consent" => draft.whatsapp_consent = flag(key, candidate)?,
+        _ => return Err(ValueError::OnlyCompeting(key.to_owned())),
+    }
+    let f = draft.validate(today, "").map_err(ValueError::Invalid)?;
+    let s = |v: &str| Some(ScalarValue::Str(v.into()));
+    Ok(match key {
+        "given_name" => s(&f.given_name),
+        "family_name" => s(&f.family_name),
+        "sex" => s(f.sex.as_str()),
+        "birth_date" => s(&format_date(f.birth_date)),
+        "phone" => f.phone.as_ref().and_then(|p| s(p.as_str())),
+        "village" => s(&f.village),
+        "national_id" => f.national_id.as_deref().and_then(s),
+        "whatsapp_consent_date" => f.whatsapp_consent_date.and_then(|d| s(&format_date(d))),
+        "birth_date_estimated" => Some(ScalarValue::Boolean(f.birth_date_estimated)),
+        _ => Some(ScalarValue::Boolean(f.whatsapp_consent)),
+    })
+}
+
+fn checked_encounter(
+    e: &Encounter,
+    birth_date: Date,
+    key: &str,
+    candidate: &serde_json::Value,
+    today: Date,
+) -> Result<Option<ScalarValue>, ValueError> {
+    let mut draft = EncounterDraft {
+        date: Some(format_date(e.date)),
+        kind: Some(e.kind.as_str().to_owned()),
+        complaint: Some(e.complaint.clone()),
+        diagnosis: Some(e.diagnosis.clone()),
+        icd10: e.icd10.clone(),
+        weight_kg: e.weight_kg,
+        temperature_c: e.temperature_c,
+        bp_systolic: e.bp_systolic.map(f64::from),
+        bp_diastolic: e.bp_diastolic.map(f64::from),
+        notes: Some(e.notes.clone()),
+    };
+    match key {
+        "date" => draft.date = text(key, candidate)?,
+        "kind" => draft.kind = text(key, candidate)?,
+        "complaint" => draft.complaint = text(key, candidate)?,
+        "diagnosis" => draft.diagnosis = text(key, candidate)?,
+        "icd10" => draft.icd10 = text(key, candidate)?,
+        "notes" => draft.notes = text(key, candidate)?,
+        "weight_kg" => draft.weight_kg = number(key, candidate)?,
+        "temperature_c" => draft.temperature_c = number(key, candidate)?,
+        "bp_systolic" => draft.bp_systolic = number(key, candidate)?,
+        "bp_diastolic" => draft.bp_diastolic = number(key, candidate)?,
+        // Who recorded it and when are facts, not choices.
+        _ => return Err(ValueError::OnlyCompeting(key.to_owned())),
+    }
+    let f = draft.validate(today, birth_date).map_err(ValueError::Invalid)?;
+    let s = |v: &str| Some(ScalarValue::Str(v.into()));
+    Ok(match key {
+        "date" => s(&format_date(f.date)),
+        "kind" => s(f.kind.as_str()),
+        "complaint" => s(&f.complaint),
+        "diagnosis" => s(&f.diagnosis),
+        "icd10" => f.icd10.as_deref().and_then(s),
+        "notes" => s(&f.notes),
+        "weight_kg" => f.weight_kg.map(ScalarValue::F64),
+        "temperature_c" => f.temperature_c.map(ScalarValue::F64),
+        "bp_systolic" => f.bp_systolic.map(|v| ScalarValue::Uint(v.into())),
+        _ => f.bp_diastolic.map(|v| ScalarValue::Uint(v.into())),
+    })
+}
+
+fn text(field: &str, v: &serde_json::Value) -> Result<Option<String>, ValueError> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s.clone())),
+        _ => Err(ValueError::WrongType { field: field.to_owned(), expected: "text (or null)" }),
+    }
+}
+
+fn flag(field: &str, v: &serde_json::Value) -> Result<Option<bool>, ValueError> {
+    match v {
+        serde_json::Value::Bool(b) => Ok(Some(*b)),
+        _ => Err(ValueError::WrongType { field: field.to_owned(), expected: "true or false" }),
+    }
+}
+
+fn number(field: &str, v: &serde_json::Value) -> Result<Option<f64>, ValueError> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => Ok(n.as_f64()),
+        _ => Err(ValueError::WrongType { field: field.to_owned(), expected: "a number (or null)" }),
     }
 }
 

@@ -12,16 +12,20 @@
 //! `site_patients` for the device's site, not sent by this same device (it
 //! has them), in `hub_seq` order, as many as fit `max_bytes` (capped at
 //! [`MAX_PAGE_BYTES`]; one oversized change is sent alone) and at most
-//! [`MAX_PAGE_CHANGES`]. `next_cursor` is the last entry examined: the last
+//! [`MAX_PAGE_CHANGES`]. A change a hub admin wrote (a conflict resolution,
+//! see [`crate::conflicts`]) has no device: the filter is
+//! `device_id IS DISTINCT FROM` the puller, so it goes to every holding site,
+//! the ones whose edits it settles included. `next_cursor` is the last entry examined: the last
 //! one sent when the page was cut (`more`), else the newest entry of the
 //! log, so a site that holds none of the new entries moves past them in one
-//! round trip. Push makes `hub_seq` values visible in order (advisory
-//! lock), and the page and the log's newest entry are read in one statement
+//! round trip. Push (and a resolution) makes `hub_seq` values visible in
+//! order (advisory lock), and the page and the log's newest entry are read in one statement
 //! (one snapshot), so no entry below `next_cursor` can appear later.
 //!
 //! A site that starts holding a patient whose changes are already behind
-//! its cursor does not get them here: that is the cross-site fetch (not yet
-//! built).
+//! its cursor does not get them here: the cross-site fetch
+//! ([`super::lookup`]) sends that patient's whole history when the site
+//! starts holding it, and later entries come through this page as usual.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -133,7 +137,7 @@ async fn page(
                  SELECT c.hub_seq, c.patient_id, c.bytes, octet_length(c.bytes)::bigint AS size
                  FROM top, changes c
                  JOIN site_patients sp ON sp.patient_id = c.patient_id AND sp.site_id = $2
-                 WHERE c.hub_seq > $1 AND c.hub_seq <= top.seq AND c.device_id <> $3
+                 WHERE c.hub_seq > $1 AND c.hub_seq <= top.seq AND c.device_id IS DISTINCT FROM $3
                  ORDER BY c.hub_seq LIMIT $4
              ),
              sized AS (

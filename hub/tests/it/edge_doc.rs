@@ -97,6 +97,26 @@ impl EdgeDoc {
         self.commit()
     }
 
+    /// Sets one field of encounter `id`.
+    pub fn set_encounter(&mut self, id: EncounterId, key: &str, value: ScalarValue) -> Vec<u8> {
+        let encounters = match self.doc.get(ROOT, "encounters").expect("get") {
+            Some((Value::Object(ObjType::Map), obj)) => obj,
+            other => panic!("no encounters map: {other:?}"),
+        };
+        let e = match self.doc.get(&encounters, id.to_string()).expect("get") {
+            Some((Value::Object(ObjType::Map), obj)) => obj,
+            other => panic!("no encounter {id}: {other:?}"),
+        };
+        self.doc.put(&e, key, value).expect("put");
+        self.commit()
+    }
+
+    /// Every value a field holds (more than one while it is in conflict):
+    /// `village`, or `encounters.<id>.<key>`.
+    pub fn values(&self, field: &str) -> Vec<ScalarValue> {
+        values_of(&self.doc, field)
+    }
+
     /// The document's heads, sorted.
     pub fn heads(&mut self) -> Vec<automerge::ChangeHash> {
         let mut heads = self.doc.get_heads();
@@ -108,6 +128,41 @@ impl EdgeDoc {
         self.doc.commit();
         self.doc.get_last_local_change().expect("a change").raw_bytes().to_vec()
     }
+}
+
+/// Every value `field` holds in `doc` (see [`EdgeDoc::values`]).
+pub fn values_of(doc: &AutoCommit, field: &str) -> Vec<ScalarValue> {
+    let (obj, key) = match field.strip_prefix("encounters.") {
+        Some(rest) => {
+            let (id, key) = rest.split_once('.').expect("encounters.<id>.<key>");
+            let Some((Value::Object(ObjType::Map), encounters)) = doc.get(ROOT, "encounters").expect("get") else {
+                panic!("no encounters map")
+            };
+            let Some((Value::Object(ObjType::Map), e)) = doc.get(&encounters, id).expect("get") else {
+                panic!("no encounter {id}")
+            };
+            (e, key)
+        }
+        None => (ROOT, field),
+    };
+    doc.get_all(&obj, key)
+        .expect("get_all")
+        .into_iter()
+        .map(|(v, _)| match v {
+            Value::Scalar(s) => s.into_owned(),
+            Value::Object(t) => panic!("{field} is a {t}"),
+        })
+        .collect()
+}
+
+/// The hub's saved document of `patient`, as stored.
+pub async fn hub_doc(hub: &TestHub, patient: PatientId) -> Vec<u8> {
+    let client = hub.state.db.get().await.expect("conn");
+    client
+        .query_one("SELECT doc FROM documents WHERE patient_id = $1", &[patient.as_uuid()])
+        .await
+        .expect("document")
+        .get(0)
 }
 
 /// Outbox entries `first_seq..` of `changes`, all of `patient`.
