@@ -68,6 +68,12 @@ struct Hub {
     batches: Vec<usize>,
     /// Refuse with 413 a batch with more changes than this.
     max_changes: Option<usize>,
+    /// Refuse with 422 `change_refused` a batch holding this seq.
+    refuse_seq: Option<u64>,
+    /// Drop the connection, with no answer, on a push body larger than this:
+    /// what an edge sees when a hub refuses an oversized body while the edge
+    /// is still sending it (a reset rather than the 413).
+    cut_over: Option<usize>,
     revoked: bool,
     faults: VecDeque<Option<Fault>>,
     /// The log pulls read, ascending by `hub_seq`.
@@ -134,7 +140,7 @@ impl Drop for InFlight<'_> {
 }
 
 fn error(status: StatusCode, code: &str, retryable: bool) -> Response {
-    let body = ErrorBody { code: code.into(), message: format!("fake hub says {code}"), retryable };
+    let body = ErrorBody { code: code.into(), message: format!("fake hub says {code}"), retryable, seq: None };
     (status, Json(body)).into_response()
 }
 
@@ -164,6 +170,10 @@ async fn push_handler(State(fake): State<Shared>, headers: HeaderMap, body: Byte
     fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
     fake.started.send_modify(|n| *n += 1);
     let _ = fake.open.subscribe().wait_for(|open| *open).await;
+    let cut_over = lock(&fake).cut_over;
+    if cut_over.is_some_and(|max| body.len() > max) {
+        panic!("fake hub cuts off a body of {} bytes", body.len());
+    }
     push(&fake, &headers, &body)
 }
 
@@ -191,6 +201,11 @@ fn push(hub: &FakeHub, headers: &HeaderMap, body: &Bytes) -> Response {
     assert!(request.batch.windows(2).all(|w| w[0].seq < w[1].seq), "ascending batch");
     if guard.max_changes.is_some_and(|max| request.batch.len() > max) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE, false);
+    }
+    if let Some(seq) = guard.refuse_seq.filter(|s| request.batch.iter().any(|c| c.seq == *s)) {
+        let message = format!("fake hub refuses the change at seq {seq}");
+        let body = ErrorBody { code: codes::CHANGE_REFUSED.into(), message, retryable: false, seq: Some(seq) };
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
     }
     let (mut applied, mut duplicates) = (0, 0);
     for change in &request.batch {
@@ -265,16 +280,25 @@ async fn pull_handler(State(fake): State<Shared>, headers: HeaderMap, body: Byte
 /// Starts the fake hub; returns its base URL and its state.
 async fn start_hub() -> (String, Shared) {
     let hub = Shared::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = serve_hub(listener, hub.clone(), 32 << 20);
+    (url, hub)
+}
+
+/// Serves `hub` on `listener`, refusing push bodies over `max_push_body`
+/// bytes as the real hub does (axum's body limit: 413 while the edge may
+/// still be sending); returns the base URL.
+fn serve_hub(listener: tokio::net::TcpListener, hub: Shared, max_push_body: usize) -> String {
     let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/api/v1/devices/enroll", post(enroll_handler))
-        .route(PUSH_PATH, post(push_handler))
+        .route(PUSH_PATH, post(push_handler).layer(axum::extract::DefaultBodyLimit::max(max_push_body)))
         .route(PULL_PATH, post(pull_handler))
         .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
-        .with_state(hub.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        .with_state(hub);
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, hub)
+    url
 }
 
 struct Edge {
@@ -459,8 +483,11 @@ async fn a_failure_midway_keeps_unacked_changes_and_a_retry_sends_them() {
     let edge = Edge::new();
     edge.enroll(&url, TOKEN).await.expect("enroll");
     edge.record(23).await;
-    // Two batches acknowledged, the third stored but its answer lost.
-    lock(&hub).faults = [None, None, Some(Fault::DropAfterStore)].into();
+    // Two batches acknowledged, the third stored but its answer lost; the
+    // run tries that batch again at once, halved (a cut may mean "too
+    // large"), and loses those answers too, down to a single change.
+    let drop = Some(Fault::DropAfterStore);
+    lock(&hub).faults = [None, None, drop, drop, drop].into();
 
     let err = edge.push(5).await.expect_err("the link dropped");
     assert!(err.is_retryable(), "{err:?}");
@@ -479,14 +506,21 @@ async fn a_failure_midway_keeps_unacked_changes_and_a_retry_sends_them() {
 
     let report = edge.push(5).await.expect("retry");
     assert_eq!(report.pushed, 13);
-    assert_eq!(report.duplicates, 5, "only the unacknowledged batch is sent twice");
+    assert_eq!(report.duplicates, 5, "only the unacknowledged batch is sent again");
     let outbox = edge.outbox().await;
     assert!(outbox.iter().all(|r| r.2));
     {
         let hub = lock(&hub);
         assert_eq!(hub.received.len(), 23, "no change lost");
         for (i, (_, hash, _)) in outbox.iter().enumerate() {
-            let expected = if (10..15).contains(&i) { 2 } else { 1 };
+            // The batch in flight (10..15) went once more after the run that
+            // lost its answers; of it, the halves that run tried again.
+            let expected = match i {
+                10 => 4,
+                11 => 3,
+                12..15 => 2,
+                _ => 1,
+            };
             assert_eq!(hub.received.get(hash), Some(&expected), "change {i}");
         }
         assert_eq!(hub.stored_seqs, outbox.iter().map(|r| r.0).collect::<Vec<_>>());
@@ -663,7 +697,7 @@ mod scheduler {
 mod page {
     use super::*;
 
-    const PASSWORD: &str = "motdepasse1";
+    pub(crate) const PASSWORD: &str = "motdepasse1";
 
     fn csrf_in(html: &str) -> String {
         let start = html.find("name=\"csrf_token\" value=\"").expect("a csrf_token field") + 25;
@@ -671,7 +705,7 @@ mod page {
     }
 
     /// Serves `edge` on a loopback port; returns its base URL and what stops it.
-    async fn serve(edge: &Edge) -> (String, tokio::sync::oneshot::Sender<()>) {
+    pub(crate) async fn serve(edge: &Edge) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -682,7 +716,7 @@ mod page {
     }
 
     /// A cookie-keeping client signed in as `username`.
-    async fn signed_in(base: &str, username: &str) -> reqwest::Client {
+    pub(crate) async fn signed_in(base: &str, username: &str) -> reqwest::Client {
         let c = reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -696,7 +730,7 @@ mod page {
     }
 
     /// Presses "Sync now" (or tries to); returns the status and the page.
-    async fn sync_now(c: &reqwest::Client, base: &str) -> (u16, String) {
+    pub(crate) async fn sync_now(c: &reqwest::Client, base: &str) -> (u16, String) {
         let html = c.get(format!("{base}/sync")).send().await.expect("GET").text().await.expect("body");
         let r = c.post(format!("{base}/sync")).form(&[("csrf_token", csrf_in(&html))]).send().await.expect("POST");
         (r.status().as_u16(), r.text().await.expect("body"))
@@ -783,3 +817,6 @@ async fn the_api_runs_a_sync_and_reports_push_and_pull() {
 /// Pulling other clinics' changes.
 #[path = "sync/pull.rs"]
 mod pull;
+/// Oversized batches, refused changes, a hub that comes back.
+#[path = "sync/robustness.rs"]
+mod robustness;

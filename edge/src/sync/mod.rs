@@ -10,8 +10,10 @@
 //! `POST /api/v1/devices/enroll`, and on `201` keeps the key in
 //! `DATA_DIR/device.key` (mode 0600, see [`keys`] for why a crash cannot
 //! leave a torn or stray key in use) and the site in `meta`: `site_id`,
-//! `site_name`, `site_code`, `hub_url`, `hub_insecure_http`. Changes made
-//! before enrollment are already in the outbox and go with the first push.
+//! `site_name`, `site_code`, `hub_url`, `hub_insecure_http`, and
+//! `hub_ca_pem` when `--hub-ca FILE` named the CA to trust (see [`client`]
+//! for TLS). Changes made before enrollment are already in the outbox and go
+//! with the first push.
 //!
 //! # Push ([`run_once`], [`push`])
 //! 1. Read the oldest pending outbox entries (`acked_at IS NULL`), only
@@ -24,14 +26,31 @@
 //!    answer is lost, the batch is sent again and the hub counts it as
 //!    duplicates (it keys changes by hash), so nothing is lost and at most
 //!    the batch in flight goes twice.
-//! 4. A 413 halves the batch and goes on at once. A retryable failure
-//!    (network, timeout, 5xx) ends this run with an error: the caller
-//!    retries later ([`scheduler`] with backoff). A permanent one (revoked
-//!    device, bad signature...) ends it too, with the hub's code.
-//! 5. The result is written to `meta`: `sync_last_success_at` (and the last
+//! 4. A 413 halves the batch and goes on at once. So does a connection cut
+//!    while the request was on its way (up to a few times in a row): a hub
+//!    refusing an oversized body answers 413 and closes the connection
+//!    while the edge is still sending, so the edge often sees only the cut.
+//!    Any other retryable failure (hub unreachable, timeout, 5xx) ends this
+//!    run with an error: the caller retries later ([`scheduler`] with
+//!    backoff). A permanent one (revoked device, bad signature...) ends it
+//!    too, with the hub's code.
+//! 5. A batch the hub refuses for one of its changes (422
+//!    `change_refused`: the change names another patient than its document,
+//!    or does not apply) is halved until the hub refuses a batch of that one
+//!    change alone; everything before it is sent on the way. The run then
+//!    stops with [`SyncError::ChangeRefused`] naming its seq. The change is
+//!    never skipped nor deleted: every later run stops at it until someone
+//!    acts, and the sync page says so.
+//! 6. What the batch planner learnt (its current limits, the hub's size
+//!    limit) is kept in `meta` (`sync_push_limits`) and the next run starts
+//!    from it, so runs against a hub that refuses full-size batches shrink
+//!    them until one fits rather than starting over at full size each time.
+//! 7. The result is written to `meta`: `sync_last_success_at` (and the last
 //!    error cleared), or `sync_last_error` ("code: message"),
-//!    `sync_last_error_code` ([`SyncError::code`]) and `sync_last_error_at`;
-//!    [`crate::sync_status`] shows them.
+//!    `sync_last_error_code` ([`SyncError::code`]),
+//!    `sync_last_error_retryable` and `sync_last_error_at`; and, either way,
+//!    what the run moved (`sync_last_run`, a JSON [`SyncReport`]).
+//!    [`crate::sync_status`] and [`details`] show them.
 //!
 //! # Pull ([`run_once`], [`pull`])
 //! After a push that went through, the same run pulls:
@@ -63,6 +82,7 @@
 pub mod client;
 mod enroll;
 pub mod keys;
+pub mod lookup;
 mod pull;
 mod push;
 pub mod scheduler;
@@ -71,8 +91,8 @@ use std::path::Path;
 
 use santerurale_shared::sync::{NotAscending, PushConfig};
 
-pub use client::{HubClient, HubError, HubUrlError};
-pub use enroll::{EnrollError, EnrollOptions, Enrollment, enroll};
+pub use client::{HubCa, HubCaError, HubClient, HubEndpoint, HubError, HubUrlError};
+pub use enroll::{EnrollError, EnrollOptions, Enrollment, enroll, enroll_with_ca};
 pub use keys::KeyError;
 pub use pull::DEFAULT_PULL_BYTES;
 
@@ -88,6 +108,9 @@ pub mod meta_keys {
     pub const HUB_URL: &str = "hub_url";
     /// "true" when the operator accepted plain HTTP to a non-loopback hub.
     pub const HUB_INSECURE_HTTP: &str = "hub_insecure_http";
+    /// The CA certificates (PEM) the hub's certificate must chain to, when
+    /// the operator gave one at enrollment.
+    pub const HUB_CA_PEM: &str = "hub_ca_pem";
     pub const ENROLLED_AT: &str = "enrolled_at";
     pub const LAST_SUCCESS_AT: &str = "sync_last_success_at";
     pub const LAST_ERROR: &str = "sync_last_error";
@@ -96,10 +119,18 @@ pub mod meta_keys {
     pub const LAST_ERROR_AT: &str = "sync_last_error_at";
     /// The last `next_cursor` of the hub's log applied here.
     pub const PULL_CURSOR: &str = "sync_pull_cursor";
+    /// "true" or "false": [`super::SyncError::is_retryable`] of the last error.
+    pub const LAST_ERROR_RETRYABLE: &str = "sync_last_error_retryable";
+    /// The [`super::SyncReport`] of the last run, as JSON, failed runs too.
+    pub const LAST_RUN: &str = "sync_last_run";
+    /// When the last run ended.
+    pub const LAST_RUN_AT: &str = "sync_last_run_at";
+    /// What the push planner learnt (`santerurale_shared::sync::push::Learnt`).
+    pub const PUSH_LIMITS: &str = "sync_push_limits";
 }
 
 /// What one run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncReport {
     /// Outbox entries marked as sent.
     pub pushed: u64,
@@ -135,6 +166,11 @@ pub enum SyncError {
     ChangeTooLarge { seq: u64 },
     #[error("the hub acknowledged up to {acked_through}, below the batch it was sent (from {first_seq})")]
     AckBelowBatch { acked_through: u64, first_seq: u64 },
+    /// The hub decodes this outbox entry but will not take it (it names
+    /// another patient than its document, or does not apply): sync stops at
+    /// it, keeping it, until someone looks into it.
+    #[error("the hub refused outbox entry {seq}: {message}")]
+    ChangeRefused { seq: u64, message: String },
 }
 
 impl SyncError {
@@ -168,6 +204,7 @@ impl SyncError {
             Self::Outbox(_) => "outbox_order",
             Self::Hub(HubError::Refused { code, .. }) => code,
             Self::Hub(HubError::Network(_)) => "hub_unreachable",
+            Self::Hub(HubError::Untrusted(_)) => "tls_untrusted",
             Self::Hub(HubError::Status { .. }) => "hub_status",
             Self::Hub(HubError::BadResponse(_)) => "hub_bad_response",
             Self::Hub(HubError::Encode(_)) => "encode_failed",
@@ -175,7 +212,18 @@ impl SyncError {
             Self::AckBelowBatch { .. } => "ack_below_batch",
             Self::Hub(HubError::PageRefused { .. }) => "invalid_remote_page",
             Self::Hub(HubError::PullCursor { .. }) => "pull_cursor",
+            Self::ChangeRefused { .. } => "change_refused",
         }
+    }
+
+    /// Whether no connection to the hub could be made at all (as opposed to
+    /// a hub that answered with an error, or an exchange cut or timed out
+    /// once connected): the scheduler then watches for the link to come
+    /// back. Only this case: if a connection can be made, a probe would
+    /// succeed at once and re-run a failing sync every few seconds.
+    #[must_use]
+    pub fn is_link_down(&self) -> bool {
+        matches!(self, Self::Hub(HubError::Network(client::TransportError::Request(e))) if e.is_connect())
     }
 }
 
@@ -185,11 +233,18 @@ pub struct SyncControl {
     running: tokio::sync::Mutex<()>,
     /// Bumped after each manual run; the scheduler watches it.
     manual_runs: tokio::sync::watch::Sender<u64>,
+    /// When the scheduler will run next, as it last said (`None`: no
+    /// scheduler, or stopped after a permanent failure).
+    next_attempt: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 impl Default for SyncControl {
     fn default() -> Self {
-        Self { running: tokio::sync::Mutex::new(()), manual_runs: tokio::sync::watch::Sender::new(0) }
+        Self {
+            running: tokio::sync::Mutex::new(()),
+            manual_runs: tokio::sync::watch::Sender::new(0),
+            next_attempt: std::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -197,6 +252,51 @@ impl SyncControl {
     fn watch_manual_runs(&self) -> tokio::sync::watch::Receiver<u64> {
         self.manual_runs.subscribe()
     }
+
+    /// When the scheduler plans its next run, if it does.
+    #[must_use]
+    pub fn next_attempt(&self) -> Option<time::OffsetDateTime> {
+        *self.next_attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_next_attempt(&self, at: Option<time::OffsetDateTime>) {
+        *self.next_attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+    }
+}
+
+/// The rest of what `GET /api/v1/sync/status` and the sync page show, next to
+/// [`crate::SyncStatus`]: the class of the last error, what the last run
+/// moved, and when the scheduler tries again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncDetails {
+    /// Whether the last error may clear by itself (the scheduler retries);
+    /// `false` means someone has to act. `None` when there is no error.
+    pub last_error_retryable: Option<bool>,
+    /// What the last run moved, failed runs included (what went through
+    /// before the failure).
+    pub last_run: Option<SyncReport>,
+    pub last_run_at: Option<String>,
+    /// When the background scheduler runs next (RFC 3339); `None` when it is
+    /// off, or stopped after a permanent failure.
+    pub next_attempt_at: Option<String>,
+}
+
+/// Reads [`SyncDetails`].
+pub async fn details(state: &AppState) -> Result<SyncDetails, StoreError> {
+    let next_attempt_at = state.sync.next_attempt().map(crate::store::format_timestamp);
+    state
+        .store
+        .read(move |c| {
+            let has_error = get_meta(c, meta_keys::LAST_ERROR)?.is_some();
+            let retryable = get_meta(c, meta_keys::LAST_ERROR_RETRYABLE)?;
+            Ok(SyncDetails {
+                last_error_retryable: has_error.then(|| retryable.as_deref() == Some("true")),
+                last_run: get_meta(c, meta_keys::LAST_RUN)?.and_then(|j| serde_json::from_str(&j).ok()),
+                last_run_at: get_meta(c, meta_keys::LAST_RUN_AT)?,
+                next_attempt_at,
+            })
+        })
+        .await
 }
 
 /// One full push and pull with the default bounds, on demand (the API and the
@@ -221,49 +321,68 @@ pub async fn sync(
     config: PushConfig,
     pull_bytes: u32,
 ) -> Result<SyncReport, SyncError> {
+    let mut report = SyncReport::default();
     let result = async {
-        let pushed = push::run(store, data_dir, config).await?;
-        let pulled = pull::run(store, data_dir, pull_bytes).await?;
-        Ok(SyncReport { pulled: pulled.pulled, pulled_new: pulled.pulled_new, pull_pages: pulled.pull_pages, ..pushed })
+        push::run(store, data_dir, config, &mut report).await?;
+        pull::run(store, data_dir, pull_bytes, &mut report).await
     }
     .await;
-    record(store, result).await
+    record(store, report, result).await
 }
 
 /// One full push: every pending entry, or until a failure. The outcome is
 /// recorded in `meta` either way (except "not enrolled", which is no sync).
 pub async fn push(store: &crate::store::Store, data_dir: &Path, config: PushConfig) -> Result<SyncReport, SyncError> {
-    record(store, push::run(store, data_dir, config).await).await
+    let mut report = SyncReport::default();
+    let result = push::run(store, data_dir, config, &mut report).await;
+    record(store, report, result).await
 }
 
 /// One full pull alone, recorded like [`push`].
 pub async fn pull(store: &crate::store::Store, data_dir: &Path, pull_bytes: u32) -> Result<SyncReport, SyncError> {
-    record(store, pull::run(store, data_dir, pull_bytes).await).await
+    let mut report = SyncReport::default();
+    let result = pull::run(store, data_dir, pull_bytes, &mut report).await;
+    record(store, report, result).await
 }
 
-/// Writes the outcome of a run to `meta` and the log; returns it.
-async fn record(store: &crate::store::Store, result: Result<SyncReport, SyncError>) -> Result<SyncReport, SyncError> {
+/// Writes the outcome of a run and what it moved (`report`) to `meta` and
+/// the log; returns the outcome.
+async fn record(
+    store: &crate::store::Store,
+    report: SyncReport,
+    result: Result<(), SyncError>,
+) -> Result<SyncReport, SyncError> {
+    let result = result.map(|()| report);
     let record = match &result {
         Ok(_) => Some(None),
         Err(SyncError::NotEnrolled) => None,
-        Err(e) => Some(Some((e.code().to_owned(), e.display_message()))),
+        Err(e) => Some(Some((e.code().to_owned(), e.display_message(), e.is_retryable()))),
     };
     if let Some(error) = record {
+        let moved = serde_json::to_string(&report).unwrap_or_default();
         let saved = store
             .write(move |w| {
                 let c = w.conn();
                 let now = now_rfc3339();
+                set_meta(c, meta_keys::LAST_RUN, &moved)?;
+                set_meta(c, meta_keys::LAST_RUN_AT, &now)?;
                 match error {
                     None => {
                         set_meta(c, meta_keys::LAST_SUCCESS_AT, &now)?;
                         c.execute(
-                            "DELETE FROM meta WHERE key IN (?1, ?2, ?3)",
-                            [meta_keys::LAST_ERROR, meta_keys::LAST_ERROR_AT, meta_keys::LAST_ERROR_CODE],
+                            "DELETE FROM meta WHERE key IN (?1, ?2, ?3, ?4)",
+                            [
+                                meta_keys::LAST_ERROR,
+                                meta_keys::LAST_ERROR_AT,
+                                meta_keys::LAST_ERROR_CODE,
+                                meta_keys::LAST_ERROR_RETRYABLE,
+                            ],
                         )?;
                     }
-                    Some((code, message)) => {
+                    Some((code, message, retryable)) => {
                         set_meta(c, meta_keys::LAST_ERROR, &message)?;
                         set_meta(c, meta_keys::LAST_ERROR_CODE, &code)?;
+                        set_meta(c, meta_keys::LAST_ERROR_RETRYABLE, if retryable { "true" } else { "false" })?;
                         set_meta(c, meta_keys::LAST_ERROR_AT, &now)?;
                     }
                 }
@@ -294,13 +413,43 @@ async fn record(store: &crate::store::Store, result: Result<SyncReport, SyncErro
 }
 
 /// The hub this edge is enrolled with, from `meta`.
-fn enrolled_hub(c: &rusqlite::Connection) -> Result<Option<(String, bool)>, StoreError> {
+fn enrolled_hub(c: &rusqlite::Connection) -> Result<Option<HubEndpoint>, StoreError> {
     if get_meta(c, meta_keys::SITE_ID)?.is_none() {
         return Ok(None);
     }
     let Some(url) = get_meta(c, meta_keys::HUB_URL)? else {
         return Ok(None);
     };
-    let insecure = get_meta(c, meta_keys::HUB_INSECURE_HTTP)?.as_deref() == Some("true");
-    Ok(Some((url, insecure)))
+    let insecure_http = get_meta(c, meta_keys::HUB_INSECURE_HTTP)?.as_deref() == Some("true");
+    let ca_pem = get_meta(c, meta_keys::HUB_CA_PEM)?;
+    Ok(Some(HubEndpoint { url, insecure_http, ca_pem }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_a_stable_code_and_a_class() {
+        let refused = |status, code: &str, retryable| {
+            SyncError::Hub(HubError::Refused { status, code: code.into(), message: "m".into(), retryable })
+        };
+        let cases = [
+            (SyncError::NotEnrolled, "not_enrolled", false),
+            (SyncError::ChangeTooLarge { seq: 3 }, "change_too_large", false),
+            (SyncError::ChangeRefused { seq: 3, message: "m".into() }, "change_refused", false),
+            (SyncError::AckBelowBatch { acked_through: 1, first_seq: 2 }, "ack_below_batch", true),
+            (SyncError::Store(StoreError::Cancelled), "store", true),
+            (SyncError::Outbox(NotAscending { seq: 2 }), "outbox_order", false),
+            (refused(403, "revoked_device", Some(false)), "revoked_device", false),
+            (refused(503, "database_unavailable", Some(true)), "database_unavailable", true),
+            (SyncError::Hub(HubError::Status { status: 502 }), "hub_status", true),
+            (SyncError::Hub(HubError::Status { status: 404 }), "hub_status", false),
+            (SyncError::Hub(HubError::PullCursor { cursor: 2, next_cursor: 1 }), "pull_cursor", false),
+        ];
+        for (e, code, retryable) in cases {
+            assert_eq!((e.code(), e.is_retryable()), (code, retryable), "{e:?}");
+            assert!(!e.is_link_down(), "{e:?} is an answer, not a dead link");
+        }
+    }
 }

@@ -17,14 +17,20 @@ use crate::store::{Store, StoreError, get_meta, set_meta};
 /// cut link costs little, and enough to catch up a new box in few requests.
 pub const DEFAULT_PULL_BYTES: u32 = 256 * 1024;
 
-pub(super) async fn run(store: &Store, data_dir: &Path, max_bytes: u32) -> Result<SyncReport, SyncError> {
-    let Some((url, insecure)) = store.read(enrolled_hub).await? else {
+/// One full pull; counts the pages applied in `report`, even when the run
+/// then fails.
+pub(super) async fn run(
+    store: &Store,
+    data_dir: &Path,
+    max_bytes: u32,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let Some(hub) = store.read(enrolled_hub).await? else {
         return Err(SyncError::NotEnrolled);
     };
-    let client = HubClient::new(&url, insecure)?;
+    let client = HubClient::for_endpoint(&hub)?;
     let key = keys::load(data_dir)?;
     let device_id = store.device_id();
-    let mut report = SyncReport::default();
     loop {
         let cursor = store.read(cursor).await?;
         let request = PullRequest { protocol: PROTOCOL_VERSION, device_id, cursor, max_bytes };
@@ -44,10 +50,9 @@ pub(super) async fn run(store: &Store, data_dir: &Path, max_bytes: u32) -> Resul
         report.pulled_new += new;
         report.pull_pages += 1;
         if !page.more {
-            break;
+            return Ok(());
         }
     }
-    Ok(report)
 }
 
 /// The last `next_cursor` applied (0 before the first pull).

@@ -13,6 +13,19 @@
 //! - **stopped** after a permanent failure (revoked device, bad signature):
 //!   an operator has to act, so asking again would only fill the hub's log.
 //!
+//! When no connection to the hub could be made (the link or the hub is
+//! down, [`SyncError::is_link_down`]), backing off also watches for
+//! the link to return: every `probe_every` (a few seconds, far below the
+//! backoff) it asks the hub's `GET /health` with a short timeout, and runs
+//! as soon as the hub answers 2xx, rather than waiting out a backoff that
+//! may have grown to many minutes after an outage of hours. A probe is one
+//! small request, cheaper than a sync run; a hub that answers with an error
+//! (5xx) is not probed, since the link is fine and the backoff is what
+//! spares it.
+//!
+//! The time of the next run is published in [`super::SyncControl`] for the
+//! sync page ("will retry automatically at ...").
+//!
 //! A manual run (sync page, API) starts the schedule over from the waiting
 //! state, whatever its outcome; a restart does too. Runs take the lock of
 //! [`super::SyncControl`], so a scheduled run and a manual one never
@@ -34,6 +47,11 @@ use crate::config::Config;
 const BASE_DELAY: Duration = Duration::from_secs(30);
 /// Longest delay after retryable failures, unless the interval is longer.
 const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
+/// Between two probes of a hub that could not be reached.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// A probe that gets no answer in this time failed (waking a 2G radio takes
+/// a few seconds).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// When the scheduler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +62,8 @@ pub struct Schedule {
     pub base_delay: Duration,
     /// Cap of the backoff.
     pub max_delay: Duration,
+    /// Between two probes of an unreachable hub while backing off.
+    pub probe_every: Duration,
 }
 
 impl Schedule {
@@ -56,7 +76,12 @@ impl Schedule {
     /// A run every `interval`, with backoff bounds scaled to it.
     #[must_use]
     pub fn every(interval: Duration) -> Self {
-        Self { interval, base_delay: BASE_DELAY.min(interval), max_delay: MAX_DELAY.max(interval) }
+        Self {
+            interval,
+            base_delay: BASE_DELAY.min(interval),
+            max_delay: MAX_DELAY.max(interval),
+            probe_every: PROBE_EVERY.min(interval),
+        }
     }
 
     /// The wait after `failures` consecutive retryable failures (at least 1);
@@ -73,7 +98,11 @@ impl Schedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Waiting,
-    BackingOff { failures: u32 },
+    /// `link_down`: the hub could not be reached; probe it meanwhile.
+    BackingOff {
+        failures: u32,
+        link_down: bool,
+    },
     Stopped,
 }
 
@@ -84,10 +113,10 @@ impl Phase {
             Ok(_) | Err(SyncError::NotEnrolled) => Self::Waiting,
             Err(e) if e.is_retryable() => {
                 let failures = match self {
-                    Self::BackingOff { failures } => failures.saturating_add(1),
+                    Self::BackingOff { failures, .. } => failures.saturating_add(1),
                     Self::Waiting | Self::Stopped => 1,
                 };
-                Self::BackingOff { failures }
+                Self::BackingOff { failures, link_down: e.is_link_down() }
             }
             Err(_) => Self::Stopped,
         }
@@ -112,13 +141,20 @@ async fn run(state: AppState, schedule: Schedule, shutdown: impl Future<Output =
     loop {
         let wait = match phase {
             Phase::Waiting => Some(schedule.interval),
-            Phase::BackingOff { failures } => Some(schedule.backoff(failures, rand::random::<f64>())),
+            Phase::BackingOff { failures, .. } => Some(schedule.backoff(failures, rand::random::<f64>())),
             Phase::Stopped => None,
         };
+        state.sync.set_next_attempt(wait.and_then(|d| time::Duration::try_from(d).ok()).map(|d| now() + d));
         let sleep = async {
             match wait {
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
+            }
+        };
+        let link_back = async {
+            match phase {
+                Phase::BackingOff { link_down: true, .. } => link_returns(&state, schedule.probe_every).await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -132,7 +168,10 @@ async fn run(state: AppState, schedule: Schedule, shutdown: impl Future<Output =
                 continue;
             }
             () = sleep => {}
+            () = link_back => tracing::info!("the hub answers again; syncing now"),
         }
+        // Running now: no time to announce until it ends.
+        state.sync.set_next_attempt(None);
         let result = tokio::select! {
             () = &mut shutdown => break,
             result = run_exclusive(&state) => result,
@@ -141,7 +180,9 @@ async fn run(state: AppState, schedule: Schedule, shutdown: impl Future<Output =
         manual_runs.mark_unchanged();
         phase = phase.after(&result);
         match phase {
-            Phase::BackingOff { failures } => tracing::info!(failures, "scheduled sync failed; backing off"),
+            Phase::BackingOff { failures, link_down } => {
+                tracing::info!(failures, link_down, "scheduled sync failed; backing off");
+            }
             Phase::Stopped => {
                 tracing::warn!(
                     "scheduled sync stopped after a permanent failure; waiting for a manual sync or a restart"
@@ -150,7 +191,31 @@ async fn run(state: AppState, schedule: Schedule, shutdown: impl Future<Output =
             Phase::Waiting => {}
         }
     }
+    state.sync.set_next_attempt(None);
     tracing::info!("sync scheduler stopped");
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Resolves once the enrolled hub answers `GET /health`, probing every
+/// `every`; never while the edge is not enrolled or the hub's address
+/// cannot make a client (the backoff then decides alone).
+async fn link_returns(state: &AppState, every: Duration) {
+    let client = match state.store.read(super::enrolled_hub).await {
+        Ok(Some(hub)) => super::HubClient::for_endpoint(&hub).ok(),
+        Ok(None) | Err(_) => None,
+    };
+    let Some(client) = client else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        if client.probe(PROBE_TIMEOUT.min(every.max(Duration::from_millis(500)))).await {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,8 +240,10 @@ mod tests {
         let permanent = Err(SyncError::ChangeTooLarge { seq: 1 });
         let done = Ok(super::super::SyncReport::default());
         let p = Phase::Waiting.after(&retryable);
-        assert_eq!(p, Phase::BackingOff { failures: 1 });
-        assert_eq!(p.after(&retryable), Phase::BackingOff { failures: 2 });
+        assert_eq!(p, Phase::BackingOff { failures: 1, link_down: false });
+        assert_eq!(p.after(&retryable), Phase::BackingOff { failures: 2, link_down: false });
+        let refused = Err(SyncError::ChangeRefused { seq: 7, message: "names another patient".into() });
+        assert_eq!(p.after(&refused), Phase::Stopped);
         assert_eq!(p.after(&permanent), Phase::Stopped);
         assert_eq!(p.after(&done), Phase::Waiting);
         assert_eq!(Phase::Waiting.after(&Err(SyncError::NotEnrolled)), Phase::Waiting);

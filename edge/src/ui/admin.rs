@@ -116,16 +116,31 @@ struct SyncTpl {
     hub_url: String,
     last_success: String,
     last_error: Option<ErrorView>,
+    /// What the last run moved, failed runs included.
+    last_run: Option<LastRunView>,
+    /// When the scheduler runs next; empty when it does not.
+    next_sync: String,
     /// The outcome of the sync just run from this page.
     result: Option<RunView>,
 }
 
-/// A failure in plain words, with when it happened and the technical detail.
+/// A failure in plain words, with when it happened, whether it clears by
+/// itself, and the technical detail.
 #[derive(Debug)]
 struct ErrorView {
     at: String,
     text: &'static str,
+    /// "Will retry automatically at 14:05" or "Action needed:".
+    class: String,
+    retryable: bool,
     detail: String,
+}
+
+#[derive(Debug)]
+struct LastRunView {
+    at: String,
+    sent: u64,
+    received: u64,
 }
 
 #[derive(Debug)]
@@ -145,6 +160,7 @@ fn explain(code: &str) -> &'static str {
         codes::STALE_TIMESTAMP | codes::FUTURE_TIMESTAMP => "sync_err_clock",
         codes::UNSUPPORTED_PROTOCOL => "sync_err_protocol",
         codes::BODY_TOO_LARGE | "change_too_large" => "sync_err_too_large",
+        codes::CHANGE_REFUSED | codes::INVALID_CHANGE => "sync_err_change_refused",
         "hub_unreachable" => "sync_err_unreachable",
         "not_enrolled" => "not_enrolled_note",
         "hub_status" | "hub_bad_response" | "ack_below_batch" | "internal" | codes::REPLAYED_REQUEST => {
@@ -162,14 +178,30 @@ async fn sync_page(
     result: Option<RunView>,
 ) -> Result<Response, UiError> {
     let s = crate::sync_status(state).await.map_err(|e| page.internal(&e))?;
+    let d = crate::sync::details(state).await.map_err(|e| page.internal(&e))?;
+    let next_sync = when(page.lang, d.next_attempt_at.as_deref());
     let last_error = s.last_error.as_ref().map(|detail| {
         // Without a recorded code, the message starts with the hub's.
         let code = s.last_error_code.as_deref().unwrap_or_else(|| detail.split(':').next().unwrap_or_default());
+        // Recorded before the class was: assume it clears by itself.
+        let retryable = d.last_error_retryable.unwrap_or(true);
+        let class = match (retryable, next_sync.is_empty()) {
+            (true, false) => format!("{} {next_sync}.", page.t("sync_retry_at")),
+            (true, true) => page.t("sync_retry_later").to_owned(),
+            (false, _) => page.t("sync_action_needed").to_owned(),
+        };
         ErrorView {
             at: when(page.lang, s.last_error_at.as_deref()),
             text: page.lang.t(explain(code)),
+            class,
+            retryable,
             detail: detail.clone(),
         }
+    });
+    let last_run = d.last_run.map(|r| LastRunView {
+        at: when(page.lang, d.last_run_at.as_deref()),
+        sent: r.pushed,
+        received: r.pulled,
     });
     let site = match (&s.site_name, &s.site_code) {
         (Some(name), Some(code)) => format!("{name} ({code})"),
@@ -185,6 +217,8 @@ async fn sync_page(
         hub_url: s.hub_url.clone().unwrap_or_default(),
         last_success: when(page.lang, s.last_success_at.as_deref()),
         last_error,
+        last_run,
+        next_sync,
         result,
         page: page.clone(),
     };
@@ -211,7 +245,9 @@ pub async fn sync_now(State(state): State<AppState>, signed: Signed, raw: RawFor
     tracing::info!(user = %signed.user.id, "sync run requested (web)");
     let (status, result) = match crate::sync::run_once(&state).await {
         Ok(report) => {
-            (StatusCode::OK, RunView { ok: true, text: format!("{} {}", page.t("sync_done"), report.pushed) })
+            let text =
+                format!("{} {}, {} {}", page.t("sync_done"), report.pushed, report.pulled, page.t("changes_received"));
+            (StatusCode::OK, RunView { ok: true, text })
         }
         Err(e) => {
             let status = match e {
@@ -243,6 +279,7 @@ mod tests {
             "not_enrolled",
             "hub_status",
             "device_key",
+            "change_refused",
             "something_new",
         ];
         for code in codes {

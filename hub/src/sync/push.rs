@@ -3,7 +3,8 @@
 //! Checks, cheapest first, each refusing the request with nothing stored:
 //! 1. the four signature headers parse (401);
 //! 2. the body fits `sync_max_body_bytes` as sent (413, so the edge splits
-//!    its batch);
+//!    its batch; a declared `Content-Length` over it is refused before the
+//!    body is read, see [`super::router`]);
 //! 3. the device is enrolled (401 `unknown_device`), the signature over the
 //!    raw (compressed) body, method, path, timestamp and nonce verifies with
 //!    at most [`DEFAULT_MAX_SKEW_SECS`] of clock skew (401), and the device
@@ -13,7 +14,10 @@
 //!    and decodes (400); it names the signing device (403
 //!    [`super::DEVICE_MISMATCH`]); its seqs ascend (422); every change
 //!    decodes as an Automerge change whose header checksum matches its
-//!    hash (422 `invalid_change`: one bad change refuses the whole batch).
+//!    hash (422 `invalid_change`: one bad change refuses the whole batch);
+//!    no change sets the document's `id` to another patient than the one it
+//!    is sent for (422 `change_refused`). Both name the change's `seq` in the
+//!    error body so the edge can show which one is stuck.
 //!
 //! Then one transaction:
 //! - records the nonce in `sync_nonces`; a nonce already there is a replay
@@ -30,6 +34,13 @@
 //!   the patients' documents and the projection ([`super::apply`]);
 //! - records the device's contact time, reported outbox depth and highest
 //!   seq stored; a device revoked since step 3 refuses the whole request.
+//!
+//! If applying fails, the transaction is rolled back and the batch's changes
+//! are tried one by one on copies of their documents: the first one that does
+//! not apply (two different changes of one actor with the same seq, say) is
+//! the edge's, refused with 422 `change_refused` and its `seq`, since sending
+//! it again would fail again. When every change applies alone, the fault is
+//! the hub's and the answer stays a retryable 500.
 //!
 //! Only after the commit does the hub answer [`PushResponse`]. Nonces older
 //! than twice the skew are purged afterwards: a request that old is refused
@@ -115,7 +126,12 @@ async fn handle(
         .await
         .map_err(|e| SyncError::internal(&e))??;
 
-    let stored = store(&state.db, &sender, &signed.nonce, &checked).await?;
+    let stored = match store(&state.db, &sender, &signed.nonce, &checked).await {
+        // Nothing was stored (the transaction rolled back): find out whether
+        // one of the edge's changes is to blame before asking for a retry.
+        Err(e) if e.code == "internal" => Err(refused_change(&state.db, &checked).await.unwrap_or(e)),
+        other => other,
+    }?;
     let m = &state.metrics;
     m.sync_changes_applied.inc_by(u64::from(stored.response.applied));
     m.sync_conflicts_detected.inc_by(stored.conflicts_detected);
@@ -172,6 +188,7 @@ pub(super) async fn authenticate(
         code: "internal",
         message: "internal error; see the hub's log".into(),
         retryable: true,
+        seq: None,
     })?;
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -220,8 +237,9 @@ fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncErr
         .batch
         .iter()
         .map(|c| {
-            change_hash(&c.change).map_err(|reason| {
-                SyncError::rejected(
+            change_hash(&c.change).map_err(|reason| SyncError {
+                seq: Some(c.seq),
+                ..SyncError::rejected(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     codes::INVALID_CHANGE,
                     format!("the change at seq {} is not a valid Automerge change: {reason}", c.seq),
@@ -229,7 +247,89 @@ fn check(body: &[u8], limit: usize, device: DeviceId) -> Result<Checked, SyncErr
             })
         })
         .collect::<Result<_, _>>()?;
+    for c in &request.batch {
+        if let Some(named) = other_patient(&c.change, &c.patient_id.to_string()) {
+            tracing::warn!(seq = c.seq, sent_for = %c.patient_id, %named, "sync: a change names another patient");
+            return Err(SyncError::change_refused(
+                c.seq,
+                format!(
+                    "the change at seq {} sets the document's patient id to another patient than the one it \
+                     was sent for ({})",
+                    c.seq, c.patient_id
+                ),
+            ));
+        }
+    }
     Ok(Checked { request, hashes })
+}
+
+/// The patient id a change writes into its document's root `id`, when it is
+/// not `patient`: such a change belongs to another document, and applying it
+/// here would at best hide it and at worst break this patient's document.
+fn other_patient(bytes: &[u8], patient: &str) -> Option<String> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    // Decoded (and its checksum checked) just before: cannot fail here.
+    let change = automerge::Change::from_bytes(bytes.to_vec()).ok()?;
+    change.decode().operations.into_iter().find_map(|op| match (op.obj, op.key, op.action) {
+        (ObjectId::Root, Key::Map(key), OpType::Put(value)) if key == "id" => {
+            let named = match value {
+                automerge::ScalarValue::Str(s) => s.to_string(),
+                other => other.to_string(),
+            };
+            (named != patient).then_some(named)
+        }
+        _ => None,
+    })
+}
+
+/// After applying a batch failed: the first change (in batch order) that does
+/// not apply to a copy of its patient's document with the batch's earlier
+/// changes, refused as [`SyncError::change_refused`]. `None` when every
+/// change applies, or a document cannot be read: then the hub is at fault.
+async fn refused_change(pool: &deadpool_postgres::Pool, checked: &Checked) -> Option<SyncError> {
+    let batch = &checked.request.batch;
+    let mut patients: Vec<uuid::Uuid> = batch.iter().map(|c| *c.patient_id.as_uuid()).collect();
+    patients.sort_unstable();
+    patients.dedup();
+    let rows = async {
+        let client = pool.get().await?;
+        let rows =
+            client.query("SELECT patient_id, doc FROM documents WHERE patient_id = ANY($1)", &[&patients]).await?;
+        Ok::<_, SyncError>(rows)
+    }
+    .await
+    .ok()?;
+    let mut docs = std::collections::HashMap::new();
+    for row in rows {
+        docs.insert(row.try_get::<_, uuid::Uuid>(0).ok()?, row.try_get::<_, Vec<u8>>(1).ok()?);
+    }
+    let changes: Vec<(u64, uuid::Uuid, Vec<u8>)> =
+        batch.iter().map(|c| (c.seq, *c.patient_id.as_uuid(), c.change.clone())).collect();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut loaded: std::collections::HashMap<uuid::Uuid, automerge::AutoCommit> = std::collections::HashMap::new();
+        for (seq, patient, bytes) in changes {
+            let doc = match loaded.entry(patient) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match docs.get(&patient) {
+                    Some(saved) => e.insert(automerge::AutoCommit::load(saved).ok()?),
+                    None => e.insert(automerge::AutoCommit::new()),
+                },
+            };
+            let change = automerge::Change::from_bytes(bytes).ok()?;
+            if let Err(e) = doc.apply_changes([change]) {
+                return Some((seq, e.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .ok()??;
+    let (seq, reason) = found;
+    tracing::warn!(seq, reason = %reason, "sync: a pushed change does not apply; batch refused");
+    Some(SyncError::change_refused(
+        seq,
+        format!("the change at seq {seq} does not apply to its patient's document: {reason}"),
+    ))
 }
 
 /// The hash of an Automerge change chunk, after checking its checksum.

@@ -27,6 +27,13 @@
 //! - After a permanent failure (revoked device, bad signature, a protocol the
 //!   hub does not speak) the planner stops until [`PushPlanner::reset`]: an
 //!   operator has to act, and hammering the hub would not help.
+//! - What the planner learnt about the link and the hub ([`Learnt`]: the
+//!   current batch limits and the hub's size limit) outlives one run: the
+//!   edge saves it after a run and [`PushPlanner::resume`]s from it, so a
+//!   hub that refuses every full-size batch sees smaller and smaller ones
+//!   run after run until one fits, instead of the full size each time.
+//!   Resuming clamps it to the bounds of the run's config; failures, delay
+//!   and a stop are not carried over (the caller schedules the next run).
 
 use std::time::Duration;
 
@@ -142,6 +149,41 @@ pub struct NotAscending {
     pub seq: u64,
 }
 
+/// What a planner learnt that the next run should start from (see the
+/// module docs): saved by the edge between runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learnt {
+    /// The limits the next batch would be planned with.
+    pub current: BatchPolicy,
+    /// Change bytes the hub accepts at most, as learnt from 413s (or from a
+    /// body the hub cut off); `None` when it never refused one.
+    pub hub_limit_bytes: Option<u64>,
+}
+
+impl Learnt {
+    /// A compact text form for a `meta` row: `changes,bytes,limit` (limit
+    /// `-` when unknown).
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        let limit = self.hub_limit_bytes.map_or_else(|| "-".to_owned(), |l| l.to_string());
+        format!("{},{},{limit}", self.current.max_changes, self.current.max_bytes)
+    }
+
+    /// Parses [`Learnt::to_text`]; `None` for anything else (a row from a
+    /// later version is ignored, not trusted).
+    #[must_use]
+    pub fn from_text(text: &str) -> Option<Self> {
+        let mut parts = text.split(',');
+        let max_changes = parts.next()?.parse().ok()?;
+        let max_bytes = parts.next()?.parse().ok()?;
+        let hub_limit_bytes = match parts.next()? {
+            "-" => None,
+            l => Some(l.parse().ok()?),
+        };
+        parts.next().is_none().then_some(Self { current: BatchPolicy { max_changes, max_bytes }, hub_limit_bytes })
+    }
+}
+
 /// Adaptive batching and backoff for the push side. Holds no outbox data.
 #[derive(Debug, Clone)]
 pub struct PushPlanner {
@@ -169,6 +211,30 @@ impl PushPlanner {
             failures: 0,
             delay: Duration::ZERO,
             stopped: None,
+        }
+    }
+
+    /// A planner with `config`'s bounds that starts where an earlier one
+    /// stopped learning (see [`Learnt`]), within those bounds.
+    #[must_use]
+    pub fn resume(config: PushConfig, learnt: Learnt) -> Self {
+        let mut planner = Self::new(config);
+        if let Some(limit) = learnt.hub_limit_bytes {
+            planner.hub_limit_bytes = limit.max(1);
+        }
+        planner.current = planner.capped(BatchPolicy {
+            max_changes: learnt.current.max_changes,
+            max_bytes: learnt.current.max_bytes.max(1),
+        });
+        planner
+    }
+
+    /// What the next run should resume from.
+    #[must_use]
+    pub fn learnt(&self) -> Learnt {
+        Learnt {
+            current: self.current,
+            hub_limit_bytes: (self.hub_limit_bytes != u64::MAX).then_some(self.hub_limit_bytes),
         }
     }
 

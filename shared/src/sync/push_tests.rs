@@ -169,6 +169,44 @@ fn too_large_halves_at_once_and_is_remembered() {
 }
 
 #[test]
+fn what_was_learnt_carries_over_to_the_next_run() {
+    use super::Learnt;
+    let mut p = PushPlanner::new(config(100, 10_000));
+    let all = pending(&[100; 300]);
+    // Two runs' worth of failures: a 413, then a cut link.
+    let b = plan(&p, &all);
+    p.record(&b, PushOutcome::TooLarge, 0.0);
+    let b = plan(&p, &all);
+    p.record(&b, PushOutcome::Retryable, 0.0);
+    let learnt = p.learnt();
+    assert_eq!(
+        learnt,
+        Learnt { current: BatchPolicy { max_changes: 25, max_bytes: 2_500 }, hub_limit_bytes: Some(9_999) }
+    );
+    assert_eq!(Learnt::from_text(&learnt.to_text()), Some(learnt));
+
+    // A new run starts small, not at the ceiling, and forgets the delay.
+    let mut next = PushPlanner::resume(config(100, 10_000), learnt);
+    assert_eq!(next.next_delay(), Duration::ZERO);
+    assert_eq!(plan(&next, &all).count, 25);
+    for _ in 0..20 {
+        let b = plan(&next, &all);
+        next.record(&b, PushOutcome::Acked { through: b.last_seq }, 0.0);
+    }
+    assert_eq!(next.policy().max_bytes, 9_999, "still under what the hub refused");
+
+    // Resuming stays within the run's own bounds.
+    let tight = PushPlanner::resume(config(10, 500), learnt);
+    assert_eq!(tight.policy(), BatchPolicy { max_changes: 10, max_bytes: 500 });
+    let fresh = PushPlanner::new(config(100, 10_000)).learnt();
+    assert_eq!(fresh.hub_limit_bytes, None);
+    assert_eq!(Learnt::from_text(&fresh.to_text()), Some(fresh));
+    for bad in ["", "1,2", "1,2,3,4", "a,2,-", "1,2,x"] {
+        assert_eq!(Learnt::from_text(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
 fn a_single_change_too_large_stops() {
     let mut p = PushPlanner::new(config(10, 1000));
     let all = pending(&[5000, 1]);
