@@ -901,6 +901,8 @@ mod document {
         ("get", "/api/v1/patients/{id}"),
         ("patch", "/api/v1/patients/{id}"),
         ("post", "/api/v1/patients/{id}/encounters"),
+        ("get", "/api/v1/hub/patients"),
+        ("post", "/api/v1/hub/patients/{id}/fetch"),
         ("get", "/api/v1/sync/status"),
         ("post", "/api/v1/sync/run"),
         ("get", "/api/v1/users"),

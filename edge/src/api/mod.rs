@@ -30,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/patients", get(search_patients).post(register_patient))
         .route("/patients/{id}", get(get_patient).patch(update_patient))
         .route("/patients/{id}/encounters", post(add_encounter))
+        .route("/hub/patients", get(hub_lookup))
+        .route("/hub/patients/{id}/fetch", post(hub_fetch))
         .route("/sync/status", get(sync_status))
         .route("/sync/run", post(sync_run))
         .route("/users", get(list_users).post(create_user))
@@ -180,8 +182,79 @@ async fn add_encounter(
     Ok((StatusCode::CREATED, Json(encounter)).into_response())
 }
 
+/// `GET /api/v1/hub/patients?q=`: patients registered at other clinics, by
+/// exact phone or patient id (see [`crate::sync::lookup`]).
+async fn hub_lookup(
+    State(state): State<AppState>,
+    user: ApiUser,
+    query: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    user.require(Role::is_clinical, "search the hub")?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    if query.q.chars().count() > 200 {
+        return Err(ApiError::bad_request("query_too_long", "the search text is longer than 200 characters"));
+    }
+    let found = crate::sync::lookup::lookup(&state.store, &state.config.data_dir, &query.q)
+        .await
+        .map_err(|e| lookup_error(&e))?;
+    Ok(Json(json!({ "patients": found })).into_response())
+}
+
+/// `POST /api/v1/hub/patients/{id}/fetch`: brings a patient's record from the
+/// hub to this clinic; answers the local patient, with encounters.
+async fn hub_fetch(
+    State(state): State<AppState>,
+    user: ApiUser,
+    IdPath(id): IdPath<PatientId>,
+) -> Result<Response, ApiError> {
+    user.require(Role::is_clinical, "fetch records from the hub")?;
+    let fetched =
+        crate::sync::lookup::fetch(&state.store, &state.config.data_dir, id).await.map_err(|e| lookup_error(&e))?;
+    tracing::info!(patient = %id, user = %user.0.id, new = fetched.new, "patient fetched from the hub (API)");
+    Ok(Json(fetched.patient).into_response())
+}
+
+fn lookup_error(e: &crate::sync::lookup::LookupError) -> ApiError {
+    use crate::sync::lookup::LookupError as E;
+    match e {
+        E::InvalidQuery => ApiError::bad_request("invalid_query", e.to_string()),
+        E::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        _ if e.is_unknown_patient() => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_patient", "the hub has no patient with this id")
+        }
+        E::Key(_) | E::HubUrl(_) | E::Store(_) => ApiError::internal(e),
+        _ => {
+            let (status, code) = if e.is_offline() {
+                (StatusCode::SERVICE_UNAVAILABLE, "hub_unreachable")
+            } else {
+                (StatusCode::BAD_GATEWAY, "hub_failed")
+            };
+            let hub_message = match e {
+                E::Hub(crate::sync::HubError::Refused { message, .. }) => message.clone(),
+                other => crate::error_chain(other),
+            };
+            ApiError {
+                status,
+                code,
+                message: format!("the hub could not answer: {}", crate::error_chain(e)),
+                extra: Some(("hub", json!({ "code": e.code(), "message": hub_message }))),
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/sync/status`: [`crate::SyncStatus`] with
+/// [`crate::sync::SyncDetails`] beside it, in one flat object.
 async fn sync_status(State(state): State<AppState>, _user: ApiUser) -> Result<Response, ApiError> {
-    Ok(Json(crate::sync_status(&state).await?).into_response())
+    #[derive(serde::Serialize)]
+    struct Body {
+        #[serde(flatten)]
+        status: crate::SyncStatus,
+        #[serde(flatten)]
+        details: crate::sync::SyncDetails,
+    }
+    let body = Body { status: crate::sync_status(&state).await?, details: crate::sync::details(&state).await? };
+    Ok(Json(body).into_response())
 }
 
 /// `POST /api/v1/sync/run`: one push then pull now, waiting for a run in progress.
@@ -230,11 +303,19 @@ fn sync_error(e: &crate::sync::SyncError) -> ApiError {
     use crate::sync::SyncError as E;
     match e {
         E::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
-        E::Hub(_) | E::ChangeTooLarge { .. } | E::AckBelowBatch { .. } => ApiError {
+        E::Hub(_) | E::ChangeTooLarge { .. } | E::AckBelowBatch { .. } | E::ChangeRefused { .. } => ApiError {
             status: StatusCode::BAD_GATEWAY,
             code: "sync_failed",
             message: format!("the sync with the hub failed: {}", e.display_message()),
-            extra: Some(("hub", json!({ "code": e.code(), "message": hub_message(e), "retryable": e.is_retryable() }))),
+            extra: Some((
+                "hub",
+                json!({
+                    "code": e.code(),
+                    "message": hub_message(e),
+                    "retryable": e.is_retryable(),
+                    "seq": match e { E::ChangeRefused { seq, .. } | E::ChangeTooLarge { seq } => Some(*seq), _ => None },
+                }),
+            )),
         },
         // The device key, the database: this box's problem, not the hub's.
         E::Key(_) | E::HubUrl(_) | E::Store(_) | E::Outbox(_) => ApiError::internal(e),

@@ -55,6 +55,39 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
         "no_patients_yet" => ("Aucun patient enregistré pour l'instant.", "No patient registered yet."),
         "register_new" => ("Enregistrer un nouveau patient", "Register a new patient"),
 
+        // Search on the hub (a patient registered at another clinic).
+        "hub_search_title" => ("Chercher sur le hub", "Search the hub"),
+        "hub_search_intro" => (
+            "Patient enregistré dans un autre centre\u{a0}? Entrez son numéro de téléphone complet ou son identifiant patient.",
+            "Patient registered at another clinic? Enter their full phone number or patient ID.",
+        ),
+        "hub_search_label" => ("Téléphone ou identifiant patient", "Phone or patient ID"),
+        "hub_search_button" => ("Chercher sur le hub", "Search the hub"),
+        "hub_no_results" => (
+            "Aucun patient trouvé sur le hub avec ce numéro ou cet identifiant.",
+            "No patient found on the hub with this number or ID.",
+        ),
+        "hub_registered_at" => ("enregistré à", "registered at"),
+        "hub_fetch_button" => ("Récupérer ce dossier", "Fetch this record"),
+        "hub_open_local" => ("Ouvrir le dossier", "Open the chart"),
+        "hub_invalid_query" => (
+            "Entrez un numéro de téléphone complet (par exemple 76\u{a0}12\u{a0}34\u{a0}56) ou un identifiant patient. La recherche par nom ne se fait qu'ici, dans ce centre.",
+            "Enter a full phone number (for example 76 12 34 56) or a patient ID. Searching by name works only here, in this clinic.",
+        ),
+        "hub_offline" => (
+            "Le hub est injoignable pour l'instant (pas de connexion). Réessayez plus tard\u{a0}; en attendant, vous pouvez enregistrer le patient ici.",
+            "The hub cannot be reached right now (no connection). Try again later; meanwhile you can register the patient here.",
+        ),
+        "hub_not_enrolled" => (
+            "Ce poste n'est pas encore relié au hub\u{a0}: un administrateur doit d'abord l'inscrire.",
+            "This box is not linked to a hub yet: an administrator must enroll it first.",
+        ),
+        "hub_unknown_patient" => ("Le hub ne connaît pas ce patient.", "The hub does not know this patient."),
+        "hub_failed" => (
+            "Le hub n'a pas pu répondre. Réessayez plus tard\u{a0}; si cela continue, prévenez l'administrateur.",
+            "The hub could not answer. Try again later; if it keeps happening, tell the administrator.",
+        ),
+
         // Patient fields.
         "patient_label" => ("Patient\u{a0}:", "Patient:"),
         "given_name" => ("Prénom", "Given name"),
@@ -178,6 +211,20 @@ pub(super) fn lookup(key: &str) -> Option<(&'static str, &'static str)> {
             "Le serveur central a rencontré un problème. Les modifications restent ici en sécurité\u{a0}; un nouvel essai aura lieu automatiquement.",
             "The hub ran into a problem. Changes stay safely here; it will be tried again automatically.",
         ),
+        "sync_err_change_refused" => (
+            "Le serveur central refuse une des modifications de ce poste (voir le détail technique pour son numéro). Elle est gardée ici, ainsi que les suivantes\u{a0}: contactez l'administrateur.",
+            "The hub refuses one of this box's changes (see the technical detail for its number). It is kept here, with the ones after it: contact the administrator.",
+        ),
+        "sync_retry_at" => ("Nouvel essai automatique à", "Will retry automatically at"),
+        "sync_retry_later" => (
+            "Problème passager\u{a0}: la prochaine synchronisation devrait aboutir.",
+            "A passing problem: the next sync should get through.",
+        ),
+        "sync_action_needed" => ("Action nécessaire\u{a0}:", "Action needed:"),
+        "last_run" => ("Dernière synchronisation", "Last sync"),
+        "changes_sent" => ("modifications envoyées", "changes sent"),
+        "changes_received" => ("modifications reçues", "changes received"),
+        "next_sync" => ("Prochaine synchronisation automatique", "Next automatic sync"),
         "sync_err_other" => (
             "La synchronisation n'a pas abouti. Les modifications restent ici en sécurité. Si cela continue, contactez l'administrateur.",
             "The sync did not complete. Changes stay safely here. If this continues, contact the administrator.",

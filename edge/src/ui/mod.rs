@@ -60,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/patients/{id}/edit", get(patients::edit_form).post(patients::edit))
         .route("/patients/{id}/encounters/new", get(encounters::new_form))
         .route("/patients/{id}/encounters", post(encounters::record))
+        .route("/hub/patients/{id}/fetch", post(patients::fetch_from_hub))
         .route("/sync", get(admin::sync).post(admin::sync_now))
         .route("/users", get(admin::users).post(admin::create_user))
         .route("/assets/{file}", get(asset))

@@ -1,5 +1,6 @@
-//! Patient pages: search, registration (with the duplicate warning), the
-//! chart, and editing demographics.
+//! Patient pages: search (here, and on the hub for a patient registered at
+//! another clinic, with fetching that record), registration (with the
+//! duplicate warning), the chart, and editing demographics.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -14,7 +15,8 @@ use super::i18n::Lang;
 use super::session::Signed;
 use super::{Fail, Page, UiError, render, see_other};
 use crate::AppState;
-use crate::store::{Duplicate, SEARCH_LIMIT, StoreError};
+use crate::store::{Duplicate, Role, SEARCH_LIMIT, StoreError};
+use crate::sync::lookup::{self, HubPatient, LookupError};
 
 /// Longest search text taken into account.
 const MAX_QUERY_CHARS: usize = 200;
@@ -83,6 +85,67 @@ struct SearchTpl {
     page: Page,
     q: String,
     patients: Vec<PatientView>,
+    /// The hub search box (clinicians and admins): what was typed, the
+    /// matches when a search ran, and a plain-words message when it failed.
+    hq: String,
+    hub_results: Option<Vec<HubPatientView>>,
+    hub_message: Option<String>,
+}
+
+/// One match of a hub search, as the search page lists it.
+#[derive(Debug)]
+struct HubPatientView {
+    id: String,
+    name: String,
+    sex: &'static str,
+    age: String,
+    birth_date: String,
+    estimated: bool,
+    village: String,
+    site: String,
+    on_this_edge: bool,
+}
+
+impl HubPatientView {
+    fn new(p: &HubPatient, lang: Lang, today: Date) -> Self {
+        let s = &p.summary;
+        Self {
+            id: s.patient_id.to_string(),
+            name: format!("{} {}", s.given_name, s.family_name),
+            sex: lang.sex(s.sex),
+            age: lang.age(s.birth_date, today),
+            birth_date: lang.date(s.birth_date),
+            estimated: s.birth_date_estimated,
+            village: s.village.clone(),
+            site: format!("{} ({})", s.site_name, s.site_code),
+            on_this_edge: p.on_this_edge,
+        }
+    }
+}
+
+/// The message key for a failed hub search or fetch: people are told what
+/// they can do, not the error code (which goes to the log).
+fn hub_message_key(e: &LookupError) -> &'static str {
+    match e {
+        LookupError::InvalidQuery => "hub_invalid_query",
+        LookupError::NotEnrolled => "hub_not_enrolled",
+        _ if e.is_offline() => "hub_offline",
+        _ if e.is_unknown_patient() => "hub_unknown_patient",
+        _ => "hub_failed",
+    }
+}
+
+fn hub_failure(page: &Page, e: &LookupError, what: &str) -> String {
+    if !matches!(e, LookupError::InvalidQuery) {
+        tracing::warn!(code = e.code(), error = %crate::error_chain(e), "hub {what} failed (web)");
+    }
+    page.t(hub_message_key(e)).to_owned()
+}
+
+/// The value of query parameter `name`, trimmed and bounded.
+fn param(pairs: &[(String, String)], name: &str) -> String {
+    let raw = pairs.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+    raw.trim().chars().take(MAX_QUERY_CHARS).collect()
 }
 
 pub async fn search(
@@ -91,15 +154,64 @@ pub async fn search(
     query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, UiError> {
     page.nav = "search";
-    let q = query
-        .ok()
-        .and_then(|Query(pairs)| pairs.into_iter().find(|(k, _)| k == "q").map(|(_, v)| v))
-        .unwrap_or_default();
-    let q: String = q.trim().chars().take(MAX_QUERY_CHARS).collect();
+    let pairs = query.map(|Query(pairs)| pairs).unwrap_or_default();
+    let (q, hq) = (param(&pairs, "q"), param(&pairs, "hq"));
+    let (mut hub_results, mut hub_message) = (None, None);
+    if !hq.is_empty() && page.is_clinical() {
+        match lookup::lookup(&state.store, &state.config.data_dir, &hq).await {
+            Ok(found) => hub_results = Some(found.iter().map(|p| HubPatientView::new(p, page.lang, today())).collect()),
+            Err(e) => hub_message = Some(hub_failure(&page, &e, "search")),
+        }
+    }
+    search_page(&state, page, StatusCode::OK, q, hq, hub_results, hub_message).await
+}
+
+async fn search_page(
+    state: &AppState,
+    page: Page,
+    status: StatusCode,
+    q: String,
+    hq: String,
+    hub_results: Option<Vec<HubPatientView>>,
+    hub_message: Option<String>,
+) -> Result<Response, UiError> {
     let found = state.store.search(q.clone(), SEARCH_LIMIT).await.map_err(|e| page.internal(&e))?;
     let (country, today) = (&state.config.default_country, today());
     let patients = found.iter().map(|p| PatientView::new(p, page.lang, country, today)).collect();
-    Ok(render(StatusCode::OK, &page, &SearchTpl { page: page.clone(), q, patients }))
+    let tpl = SearchTpl { page: page.clone(), q, patients, hq, hub_results, hub_message };
+    Ok(render(status, &page, &tpl))
+}
+
+/// `POST /hub/patients/{id}/fetch`: brings the record here, then shows its
+/// chart; on failure, the search page says why in plain words.
+pub async fn fetch_from_hub(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(raw): Path<String>,
+    raw_form: RawForm,
+) -> Result<Response, UiError> {
+    let mut page = signed.page.clone();
+    page.nav = "search";
+    let form = Fields::read(raw_form, &page)?;
+    signed.check_csrf(&form)?;
+    page.require(Role::is_clinical)?;
+    let id = patient_id(&raw, &page)?;
+    match lookup::fetch(&state.store, &state.config.data_dir, id).await {
+        Ok(fetched) => {
+            tracing::info!(patient = %id, user = %signed.user.id, new = fetched.new, "patient fetched from the hub (web)");
+            Ok(see_other(&format!("/patients/{id}"), &[]))
+        }
+        Err(e) => {
+            let status = match &e {
+                LookupError::NotEnrolled => StatusCode::CONFLICT,
+                _ if e.is_offline() => StatusCode::SERVICE_UNAVAILABLE,
+                _ if e.is_unknown_patient() => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let message = hub_failure(&page, &e, "fetch");
+            search_page(&state, page, status, String::new(), String::new(), None, Some(message)).await
+        }
+    }
 }
 
 /// A possible duplicate, as the warning lists it.

@@ -4,10 +4,13 @@
 //!
 //! Sync routes take no bearer token: every request is signed by the device
 //! that sends it, and the signature is the authentication. Their errors are
-//! JSON [`ErrorBody`] (`code`, `message`, `retryable`), with codes from
+//! JSON [`ErrorBody`] (`code`, `message`, `retryable`, and `seq` when one
+//! change of a push is to blame), with codes from
 //! [`santerurale_shared::sync::wire::codes`] plus [`DEVICE_MISMATCH`].
 //! `retryable` is true only when the same request may pass later unchanged:
-//! the database was unavailable, or the hub failed internally.
+//! the database was unavailable, or the hub failed internally. A change the
+//! hub cannot take is the edge's to fix, never a retryable 500 (see
+//! [`push`]): retrying would block that edge's outbox behind it forever.
 //!
 //! [`push`] stores changes once each in the `changes` log with their
 //! provenance and, in the same transaction, [`apply`]s them to per-patient
@@ -20,6 +23,7 @@
 pub mod apply;
 pub mod conflicts;
 pub mod document;
+pub mod lookup;
 pub mod pull;
 pub mod push;
 
@@ -45,12 +49,22 @@ pub struct SyncError {
     pub code: &'static str,
     pub message: String,
     pub retryable: bool,
+    /// The outbox seq of the change that made the hub refuse the batch
+    /// ([`ErrorBody::seq`]).
+    pub seq: Option<u64>,
 }
 
 impl SyncError {
     /// The caller's fault: sending the same request again will not help.
     pub fn rejected(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), retryable: false }
+        Self { status, code, message: message.into(), retryable: false, seq: None }
+    }
+
+    /// One change of a push cannot be taken (422 [`codes::CHANGE_REFUSED`]):
+    /// the whole batch is refused, naming the change so the edge can show
+    /// which one an operator must look at.
+    pub fn change_refused(seq: u64, message: impl Into<String>) -> Self {
+        Self { seq: Some(seq), ..Self::rejected(StatusCode::UNPROCESSABLE_ENTITY, codes::CHANGE_REFUSED, message) }
     }
 
     /// The hub's fault; logged with its cause, not returned.
@@ -61,6 +75,7 @@ impl SyncError {
             code: "internal",
             message: "internal error; see the hub's log".into(),
             retryable: true,
+            seq: None,
         }
     }
 }
@@ -74,6 +89,7 @@ impl From<DbError> for SyncError {
                 code: "database_unavailable",
                 message: "the database is unavailable; try again".into(),
                 retryable: true,
+                seq: None,
             }
         } else {
             Self::internal(&e)
@@ -145,12 +161,43 @@ pub(crate) fn answer(
 
 impl IntoResponse for SyncError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code.to_owned(), message: self.message, retryable: self.retryable }))
-            .into_response()
+        let body =
+            ErrorBody { code: self.code.to_owned(), message: self.message, retryable: self.retryable, seq: self.seq };
+        (self.status, Json(body)).into_response()
     }
 }
 
 /// The sync routes; `max_body_bytes` bounds a request body as sent.
+///
+/// A request that declares (`Content-Length`) a body over the limit is
+/// refused with 413 before any of it is read: axum's body limit alone only
+/// trips once the limit has been received, so an edge on a 2G link would
+/// upload the whole oversized batch before hearing it should split it.
 pub fn router(max_body_bytes: usize) -> axum::Router<crate::AppState> {
-    push::router(max_body_bytes).merge(pull::router(max_body_bytes))
+    push::router(max_body_bytes).merge(pull::router(max_body_bytes)).merge(lookup::router(max_body_bytes)).route_layer(
+        axum::middleware::from_fn(move |request, next| declared_length_within(max_body_bytes, request, next)),
+    )
+}
+
+/// See [`router`].
+async fn declared_length_within(
+    max_body_bytes: usize,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > u64::try_from(max_body_bytes).unwrap_or(u64::MAX)) {
+        tracing::debug!(declared, max_body_bytes, "sync: body declared over the limit; refused unread");
+        return SyncError::rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            codes::BODY_TOO_LARGE,
+            format!("the body is larger than {max_body_bytes} bytes: send a smaller batch"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

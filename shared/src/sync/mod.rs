@@ -63,7 +63,26 @@
 //!   a watermark below every transaction still open.
 //! - A patient newly held by a site (pulled from another clinic) has changes
 //!   older than the site's cursor: the hub sends that patient's whole
-//!   document out of band (the cross-site pull), not through the log.
+//!   history out of band (the cross-site fetch below), not through the log.
+//!
+//! # Cross-site lookup and fetch
+//! A clinic worker meets a patient registered at another clinic.
+//! 1. The edge sends [`LookupRequest`] to [`LOOKUP_PATH`], signed like a
+//!    pull, with an exact E.164 phone or a patient id (never a name: a site
+//!    learns only about a patient whose number or id it already has). The
+//!    hub answers [`LookupResponse`]: a few [`PatientSummary`]s.
+//! 2. The edge sends [`FetchRequest`] `{ patient_id, after: 0, max_bytes }`
+//!    to [`FETCH_PATH`]. In one transaction, holding the same lock under
+//!    which push assigns `hub_seq`, the hub records that the device's site
+//!    holds the patient and reads the patient's changes after `after`; it
+//!    answers [`FetchResponse`] `{ changes, more }` and the edge asks again
+//!    from the last `hub_seq` while `more`.
+//! 3. Because of the lock, every change of the patient either is in the
+//!    fetch's snapshot or commits after the site holds the patient, and so
+//!    has a `hub_seq` that a later pull of the site serves. A change that
+//!    arrives both ways is applied twice, which is a no-op.
+//! 4. The edge applies the fetched changes without outbox entries (they are
+//!    the hub's already); the site's later edits are pushed as usual.
 //!
 //! # Signing
 //! Every request carries four headers ([`SignedHeaders`]) with an ed25519
@@ -95,4 +114,7 @@ pub use signing::{SignatureError, SignedHeaders, SigningKey, VerifyingKey, sign,
 pub use wire::{
     ErrorBody, HubChange, OutboxChange, PROTOCOL_VERSION, PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushRequest,
     PushResponse,
+};
+pub use wire::{
+    FETCH_PATH, FetchRequest, FetchResponse, LOOKUP_PATH, LookupQuery, LookupRequest, LookupResponse, PatientSummary,
 };
