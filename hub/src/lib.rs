@@ -9,9 +9,9 @@
 //! and `/metrics` serve operations.
 //!
 //! [`router`] builds the whole HTTP application from an [`AppState`] without
-//! binding anything; [`serve`] runs it on a listener the caller bound, so
-//! tests bind port 0 and know the server is ready as soon as the listener
-//! exists.
+//! binding anything; [`serve`] (plain HTTP) and [`serve_tls`] (HTTPS, see
+//! [`tls`]) run it on a listener the caller bound, so tests bind port 0 and
+//! know the server is ready as soon as the listener exists.
 
 pub mod api;
 pub mod auth;
@@ -25,6 +25,8 @@ pub mod patients;
 pub mod pg;
 pub mod sites;
 pub mod sync;
+pub mod tls;
+pub mod ui;
 pub mod users;
 
 use std::sync::Arc;
@@ -69,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics::render))
         .merge(api::router())
+        .merge(ui::router())
         .merge(sync::router(state.config.sync_max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -83,6 +86,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Like [`serve`], over TLS with `tls` (see [`tls::load_server_config`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tls::serve(listener, router(state), tls, shutdown).await
 }
 
 async fn health(State(state): State<AppState>) -> Response {

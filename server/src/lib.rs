@@ -2,10 +2,12 @@
 //! password policy and hashing ([`passwords`]), random bearer secrets
 //! ([`tokens`]), how an internal error is logged ([`error_chain`]), how an
 //! HTTP status is labelled in metrics ([`status_class`]) and when a server
-//! stops ([`shutdown_signal`]).
+//! stops ([`shutdown_signal`]), and the web-UI plumbing both UIs use
+//! ([`web`]: cookies, CSRF comparison, language choice, page headers).
 
 pub mod passwords;
 pub mod tokens;
+pub mod web;
 
 /// An error and its sources, joined: what the log shows for an internal failure.
 #[must_use]

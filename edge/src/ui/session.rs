@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
@@ -13,47 +13,14 @@ use super::i18n::Lang;
 use super::{Fail, Page, UiError, render, see_other};
 use crate::AppState;
 use crate::auth::{CurrentUser, check_password_policy, hash_password, hash_token, random_token, verify_password};
+use santerurale_server::web::{DoubleSubmit, cookie, ct_eq, lang_cookie, looks_like_token, return_path, set_cookie};
 
 pub const SESSION_COOKIE: &str = "sr_session";
 pub const CSRF_COOKIE: &str = "sr_csrf";
 pub const LANG_COOKIE: &str = "sr_lang";
-const YEAR_SECONDS: i64 = 365 * 24 * 3600;
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
-}
 
 fn lang_of(headers: &HeaderMap) -> Lang {
     cookie(headers, LANG_COOKIE).and_then(Lang::parse).unwrap_or_default()
-}
-
-/// A `Set-Cookie` value. `max_age` 0 deletes the cookie.
-fn set_cookie(name: &str, value: &str, max_age: i64, same_site: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite={same_site}{secure}")
-}
-
-/// Random tokens are 43 URL-safe base64 characters; anything else is not ours.
-fn looks_like_token(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-fn ct_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| std::hint::black_box(acc | (x ^ y)));
-    diff == 0
 }
 
 /// A signed-in user's request. Without a live session the request is sent
@@ -108,8 +75,7 @@ impl Signed {
 #[derive(Debug)]
 pub struct Anon {
     pub page: Page,
-    /// The request carried a well-formed `sr_csrf` cookie.
-    had_cookie: bool,
+    csrf: DoubleSubmit,
     /// The hash of a session cookie the browser still sends, replaced on sign-in.
     old_session: Option<String>,
 }
@@ -119,25 +85,18 @@ impl FromRequestParts<AppState> for Anon {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut page = Page::new(state, lang_of(&parts.headers));
-        let existing = cookie(&parts.headers, CSRF_COOKIE).filter(|t| looks_like_token(t));
-        let had_cookie = existing.is_some();
+        let max_age = i64::from(state.config.session_ttl_minutes) * 60;
+        let csrf = DoubleSubmit::from_headers(&parts.headers, CSRF_COOKIE, max_age, state.config.secure_cookies);
+        page.csrf.clone_from(&csrf.token);
+        page.set_cookie.clone_from(&csrf.set_cookie);
         let old_session = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)).map(hash_token);
-        page.csrf = match existing {
-            Some(t) => t.to_owned(),
-            None => {
-                let token = random_token();
-                let max_age = i64::from(state.config.session_ttl_minutes) * 60;
-                page.set_cookie = Some(set_cookie(CSRF_COOKIE, &token, max_age, "Strict", state.config.secure_cookies));
-                token
-            }
-        };
-        Ok(Self { page, had_cookie, old_session })
+        Ok(Self { page, csrf, old_session })
     }
 }
 
 impl Anon {
     fn check_csrf(&self, form: &Fields) -> Result<(), UiError> {
-        if self.had_cookie && ct_eq(form.get("csrf_token"), &self.page.csrf) {
+        if self.csrf.accepts(form.get("csrf_token")) {
             Ok(())
         } else {
             tracing::warn!("anonymous form refused: bad CSRF token");
@@ -268,82 +227,19 @@ pub async fn switch_lang(State(state): State<AppState>, Path(code): Path<String>
     let Some(lang) = Lang::parse(&code) else {
         return Page::new(&state, lang_of(&headers)).fail(Fail::NotFound).into_response();
     };
-    let mut cookie = format!("{LANG_COOKIE}={}; Path=/; Max-Age={YEAR_SECONDS}; SameSite=Lax", lang.code());
-    if state.config.secure_cookies {
-        cookie.push_str("; Secure");
-    }
+    let cookie = lang_cookie(LANG_COOKIE, lang.code(), state.config.secure_cookies);
     see_other(&return_path(&headers), &[cookie])
-}
-
-/// The path and query of the `Referer` when it points at this host, else `/`.
-fn return_path(headers: &HeaderMap) -> String {
-    let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let path = match referer.strip_prefix("http://").or_else(|| referer.strip_prefix("https://")) {
-        Some(rest) => {
-            let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
-            if Some(authority) == host { path } else { "/" }
-        }
-        None => "/",
-    };
-    let path = path.split('#').next().unwrap_or("/");
-    let safe = path.starts_with('/')
-        && !path.starts_with("//")
-        && !path.starts_with("/\\")
-        && !path.starts_with("/lang/")
-        && path.bytes().all(|b| b.is_ascii_graphic());
-    if safe { path.to_owned() } else { "/".to_owned() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(k.clone(), HeaderValue::from_str(v).expect("header"));
-        }
-        h
-    }
 
     #[test]
-    fn cookies_are_found_among_others() {
-        let h = headers(&[(header::COOKIE, "a=1; sr_lang=en"), (header::COOKIE, "sr_session=xyz")]);
-        assert_eq!(cookie(&h, "sr_lang"), Some("en"));
-        assert_eq!(cookie(&h, "sr_session"), Some("xyz"));
-        assert_eq!(cookie(&h, "sr_csrf"), None);
+    fn the_language_comes_from_its_cookie() {
+        let mut h = HeaderMap::new();
+        h.append(axum::http::header::COOKIE, "a=1; sr_lang=en".parse().expect("header"));
         assert_eq!(lang_of(&h), Lang::En);
         assert_eq!(lang_of(&HeaderMap::new()), Lang::Fr);
-    }
-
-    #[test]
-    fn only_local_referers_are_returned_to() {
-        let back =
-            |referer: &str| return_path(&headers(&[(header::HOST, "10.0.0.2:8080"), (header::REFERER, referer)]));
-        assert_eq!(back("http://10.0.0.2:8080/patients/x?q=1#top"), "/patients/x?q=1");
-        assert_eq!(back("http://10.0.0.2:8080"), "/");
-        assert_eq!(back("http://evil.example/patients"), "/");
-        assert_eq!(back("http://10.0.0.2:8080//evil.example/"), "/");
-        assert_eq!(back("http://10.0.0.2:8080/lang/en"), "/");
-        assert_eq!(back("javascript:alert(1)"), "/");
-        assert_eq!(return_path(&HeaderMap::new()), "/");
-    }
-
-    #[test]
-    fn tokens_compare_exactly() {
-        let t = random_token();
-        assert!(looks_like_token(&t));
-        assert!(ct_eq(&t, &t.clone()));
-        assert!(!ct_eq(&t, &random_token()));
-        assert!(!ct_eq(&t, ""));
-        assert!(!looks_like_token("short"));
-    }
-
-    #[test]
-    fn cookies_are_strict_and_http_only() {
-        let c = set_cookie(SESSION_COOKIE, "v", 60, "Strict", true);
-        assert_eq!(c, "sr_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure");
     }
 }

@@ -31,6 +31,7 @@ async fn apply_on_an_empty_database_then_are_idempotent() {
             "site_patients",
             "sites",
             "sync_nonces",
+            "ui_sessions",
             "users"
         ]
     );

@@ -382,3 +382,20 @@ pub fn patient_changes(device: &TestDevice, first_seq: u64, n: usize) -> Vec<san
         })
         .collect()
 }
+
+/// A patient registered on one device and edited concurrently on two
+/// (`village`), pushed from both: one open conflict. Returns the patient and
+/// the two devices (Kati's, Siby's).
+pub async fn open_conflict(hub: &TestHub, admin: &str) -> (santerurale_shared::PatientId, TestDevice, TestDevice) {
+    use crate::edge_doc::{EdgeDoc, outbox, push};
+    let (kati, _) = TestDevice::enrolled(hub, admin, "KATI").await;
+    let (siby, _) = TestDevice::enrolled(hub, admin, "SIBY").await;
+    let (mut a, created) = EdgeDoc::register(kati.id, "Fatoumata", "Coulibaly", None);
+    push(hub, &kati, outbox(1, a.patient, std::slice::from_ref(&created))).await;
+    let mut b = EdgeDoc::on_device(siby.id, a.patient, std::slice::from_ref(&created));
+    let va = a.set("village", "Siby");
+    let vb = b.set("village", "Ouéléssébougou");
+    push(hub, &kati, outbox(2, a.patient, &[va])).await;
+    push(hub, &siby, outbox(1, b.patient, &[vb])).await;
+    (a.patient, kati, siby)
+}
