@@ -23,9 +23,16 @@
 //!   response at all" from "a response with the wrong status".
 //! - [`ProcessGroupGuard`] runs a helper program (chromedriver) in its own
 //!   process group and kills the whole group on drop, browser included.
+//! - [`LinkSimulator`] is a seeded TCP proxy that puts latency, a bandwidth
+//!   limit, dropped connections and cuts between an edge and the hub (see
+//!   its module docs); [`seed_from_env`] picks and prints the seed of a
+//!   seeded test.
 //! - [`open_read_only`], [`check_integrity`], [`dump_table`] read an edge's
 //!   SQLite file from outside once its process is dead; [`read_outbox`]
-//!   reads its outbox (also while it runs: WAL readers do not block it).
+//!   reads its outbox, [`read_edge_documents`] its patient documents and
+//!   [`read_meta`] its `meta` values (also while it runs: WAL readers do not
+//!   block it). [`HubDir::documents`] loads the hub's documents; both give
+//!   a [`DocumentSummary`] (heads and change hashes) to compare replicas.
 //!
 //! Environment: `SANTERURALE_EDGE_BIN` and `SANTERURALE_HUB_BIN` override the
 //! binaries, `SANTERURALE_TEST_DATABASE_URL` the PostgreSQL server (default:
@@ -38,6 +45,7 @@
 mod api;
 mod edge;
 mod hub;
+mod link;
 mod postgres;
 mod process;
 mod server;
@@ -54,10 +62,14 @@ use tempfile::TempDir;
 pub use api::{Api, CallError};
 pub use edge::{EdgeDir, EdgeProcess};
 pub use hub::{HubChange, HubDir, HubProcess, create_site, enrollment_token, metric_value};
+pub use link::{LinkProfile, LinkSimulator, LinkStats, PACE_CHUNK, PeriodicCuts, link_seed};
 pub use postgres::TestDatabase;
 pub use process::ProcessGroupGuard;
 pub use server::{CliChild, CliOutput, ServerProcess};
-pub use sqlite::{OutboxRow, check_integrity, dump_rows, dump_table, open_read_only, read_outbox};
+pub use sqlite::{
+    EdgeDocument, OutboxRow, check_integrity, dump_rows, dump_table, open_read_only, read_edge_documents, read_meta,
+    read_outbox,
+};
 
 /// How often readiness and other conditions are re-checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -144,4 +156,39 @@ pub fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
         eprintln!("keeping {}", dir.path().display());
     }
     Ok(dir)
+}
+
+/// A seed for a seeded test: the number in `var` if set (to replay a
+/// failure), else one from the clock. Printed with the variable to set, so a
+/// failing run can be replayed.
+pub fn seed_from_env(var: &str) -> anyhow::Result<u64> {
+    let seed = match std::env::var(var) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{var}={v} is not a number"))?,
+        Err(_) => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            now.as_secs().wrapping_mul(1_000_003) ^ u64::from(now.subsec_nanos())
+        }
+    };
+    println!("seed {seed} ({var}={seed} to replay)");
+    Ok(seed)
+}
+
+/// What two replicas of a patient document must share once they have
+/// converged: the same heads and the same set of changes (hashes as
+/// lower-case hex, sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentSummary {
+    pub heads: Vec<String>,
+    pub changes: std::collections::BTreeSet<String>,
+}
+
+impl DocumentSummary {
+    #[must_use]
+    pub fn of(doc: &automerge::Automerge) -> Self {
+        let mut heads: Vec<String> = doc.get_heads().iter().map(ToString::to_string).collect();
+        heads.sort();
+        // Whole-history walk: fine for the few changes of a test patient.
+        let changes = doc.get_changes(&[]).iter().map(|c| c.hash().to_string()).collect();
+        Self { heads, changes }
+    }
 }

@@ -97,3 +97,56 @@ pub fn read_outbox(db: &Path) -> anyhow::Result<BTreeMap<String, OutboxRow>> {
     }
     Ok(outbox)
 }
+
+/// One patient document as an edge stores it (a snapshot plus the changes
+/// appended since), loaded.
+#[derive(Debug, Clone)]
+pub struct EdgeDocument {
+    pub summary: crate::DocumentSummary,
+    /// Hashes of changes stored more than once (in two `document_changes`
+    /// rows, or in a row and the snapshot): must stay empty.
+    pub stored_twice: Vec<String>,
+}
+
+/// Every patient document of an edge, by patient id, read-only.
+pub fn read_edge_documents(db: &Path) -> anyhow::Result<BTreeMap<String, EdgeDocument>> {
+    let conn = open_read_only(db)?;
+    let mut docs = conn.prepare("SELECT patient_id, snapshot FROM documents ORDER BY patient_id")?;
+    let mut rows = conn.prepare("SELECT bytes FROM document_changes WHERE patient_id = ?1 ORDER BY id")?;
+    let mut out = BTreeMap::new();
+    let documents = docs
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (patient_id, snapshot) in documents {
+        let mut doc = match snapshot {
+            Some(bytes) => automerge::Automerge::load(&bytes)
+                .with_context(|| format!("the snapshot of patient {patient_id} does not load"))?,
+            None => automerge::Automerge::new(),
+        };
+        let mut stored_twice = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let changes = rows.query_map([&patient_id], |r| r.get::<_, Vec<u8>>(0))?.collect::<Result<Vec<_>, _>>()?;
+        for bytes in changes {
+            let change = automerge::Change::from_bytes(bytes.clone())
+                .with_context(|| format!("a stored change of patient {patient_id} does not decode"))?;
+            let hash = change.hash();
+            if !seen.insert(hash) || automerge::ReadDoc::get_change_by_hash(&doc, &hash).is_some() {
+                stored_twice.push(hash.to_string());
+            }
+            doc.load_incremental(&bytes).with_context(|| format!("a change of patient {patient_id} does not apply"))?;
+        }
+        out.insert(patient_id, EdgeDocument { summary: crate::DocumentSummary::of(&doc), stored_twice });
+    }
+    Ok(out)
+}
+
+/// A value of an edge's `meta` table (`sync_pull_cursor`), read-only.
+pub fn read_meta(db: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    let conn = open_read_only(db)?;
+    let mut stmt = conn.prepare("SELECT value FROM meta WHERE key = ?1")?;
+    let mut rows = stmt.query([key])?;
+    Ok(match rows.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    })
+}
