@@ -357,8 +357,11 @@ pub(crate) fn now_rfc3339() -> String {
     format_timestamp(time::OffsetDateTime::now_utc())
 }
 
+/// RFC 3339 to the microsecond: the precision PostgreSQL keeps, so the hub's
+/// projection shows the same instants as the edge's documents.
 pub(crate) fn format_timestamp(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    let micros = t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t);
+    micros.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 pub(crate) fn parse_timestamp(s: &str) -> Option<time::OffsetDateTime> {

@@ -400,3 +400,10 @@ fn a_garbage_change_is_refused() {
     assert!(matches!(err, StoreError::InvalidChange(_)), "{err:?}");
     assert!(dump(&store, ALL_TABLES).is_empty(), "nothing kept");
 }
+
+#[test]
+fn timestamps_are_kept_to_the_microsecond_like_the_hub() {
+    let t = time::macros::datetime!(2026-11-25 14:03:25.724965903 UTC);
+    assert_eq!(format_timestamp(t), "2026-11-25T14:03:25.724965Z");
+    assert_eq!(parse_timestamp(&format_timestamp(t)), Some(time::macros::datetime!(2026-11-25 14:03:25.724965 UTC)));
+}
