@@ -9,6 +9,7 @@ use edge::AppState;
 use edge::store::{Counts, Role};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Client, Method};
+use santerurale_fixtures::openapi::{Schemas, Untyped};
 use santerurale_shared::PatientId;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -223,72 +224,22 @@ fn patient_path(p: &Value) -> String {
     format!("{PATIENTS}/{}", p["id"].as_str().expect("id"))
 }
 
-fn openapi() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| serde_json::from_str(edge::api::OPENAPI).expect("openapi.json is JSON"))
+/// The edge's document; every schema in it has a type.
+fn schemas() -> &'static Schemas {
+    static DOC: OnceLock<Schemas> = OnceLock::new();
+    DOC.get_or_init(|| Schemas::parse(edge::api::OPENAPI, Untyped::Refuse))
 }
 
-/// Checks `value` against `#/components/schemas/{name}`: every field documented,
-/// required fields present, types, nullability, enums and formats.
+fn openapi() -> &'static Value {
+    schemas().doc()
+}
+
+/// Checks `value` against `#/components/schemas/{name}` (see
+/// [`santerurale_fixtures::openapi`]).
 #[track_caller]
 fn conforms(name: &str, value: &Value) {
-    let root = json!({ "$ref": format!("#/components/schemas/{name}") });
-    check_schema(&root, value, name);
+    schemas().conforms(name, value);
 }
-
-fn check_schema(schema: &Value, value: &Value, at: &str) {
-    if let Some(r) = schema["$ref"].as_str() {
-        let target = openapi().pointer(r.trim_start_matches('#'));
-        let target = target.unwrap_or_else(|| panic!("{at}: {r} does not resolve"));
-        return check_schema(target, value, at);
-    }
-    if value.is_null() {
-        return assert_eq!(schema["nullable"], true, "{at} is null but not nullable");
-    }
-    let ty = schema["type"].as_str().expect("every schema has a type");
-    let ok = match ty {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        other => panic!("{at}: unknown type {other}"),
-    };
-    assert!(ok, "{at}: {value} is not of type {ty}");
-    if let Some(choices) = schema["enum"].as_array() {
-        assert!(choices.contains(value), "{at}: {value} not in {choices:?}");
-    }
-    if let (Some(s), Some(format)) = (value.as_str(), schema["format"].as_str()) {
-        let ok = match format {
-            "date" => s.len() == 10 && time::Date::parse(s, DATE).is_ok(),
-            "date-time" => OffsetDateTime::parse(s, &Rfc3339).is_ok(),
-            "uuid" => s.len() == 36 && s.parse::<PatientId>().is_ok(),
-            _ => true,
-        };
-        assert!(ok, "{at}: {s:?} is not a {format}");
-    }
-    if let Some(object) = value.as_object() {
-        let required = schema["required"].as_array().into_iter().flatten();
-        for key in required.filter_map(Value::as_str) {
-            assert!(object.contains_key(key), "{at}.{key} is missing");
-        }
-        // A schema without properties (the document itself) says nothing of its fields.
-        if let Some(properties) = schema["properties"].as_object() {
-            for (key, v) in object {
-                let p = properties.get(key);
-                let p = p.unwrap_or_else(|| panic!("{at}.{key} is undocumented"));
-                check_schema(p, v, &format!("{at}.{key}"));
-            }
-        }
-    }
-    for (i, item) in value.as_array().into_iter().flatten().enumerate() {
-        check_schema(&schema["items"], item, &format!("{at}[{i}]"));
-    }
-}
-
-const DATE: &[time::format_description::BorrowedFormatItem<'_>] =
-    time::macros::format_description!("[year]-[month]-[day]");
 
 mod auth {
     use base64::Engine as _;

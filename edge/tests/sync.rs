@@ -695,55 +695,14 @@ mod scheduler {
 
 /// The sync page's "Sync now" button, over real HTTP.
 mod page {
+    use super::web::{add_accounts, serve, signed_in, sync_now};
     use super::*;
-
-    pub(crate) const PASSWORD: &str = "motdepasse1";
-
-    fn csrf_in(html: &str) -> String {
-        let start = html.find("name=\"csrf_token\" value=\"").expect("a csrf_token field") + 25;
-        html[start..].split('"').next().unwrap_or_default().to_owned()
-    }
-
-    /// Serves `edge` on a loopback port; returns its base URL and what stops it.
-    pub(crate) async fn serve(edge: &Edge) -> (String, tokio::sync::oneshot::Sender<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(edge::serve(listener, edge.state.clone(), async {
-            let _ = stopped.await;
-        }));
-        (base, stop)
-    }
-
-    /// A cookie-keeping client signed in as `username`.
-    pub(crate) async fn signed_in(base: &str, username: &str) -> reqwest::Client {
-        let c = reqwest::Client::builder()
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let html = c.get(format!("{base}/login")).send().await.expect("GET").text().await.expect("body");
-        let form = [("username", username), ("password", PASSWORD), ("csrf_token", &csrf_in(&html))];
-        let r = c.post(format!("{base}/login")).form(&form).send().await.expect("POST");
-        assert_eq!(r.status(), reqwest::StatusCode::SEE_OTHER, "sign-in of {username}");
-        c
-    }
-
-    /// Presses "Sync now" (or tries to); returns the status and the page.
-    pub(crate) async fn sync_now(c: &reqwest::Client, base: &str) -> (u16, String) {
-        let html = c.get(format!("{base}/sync")).send().await.expect("GET").text().await.expect("body");
-        let r = c.post(format!("{base}/sync")).form(&[("csrf_token", csrf_in(&html))]).send().await.expect("POST");
-        (r.status().as_u16(), r.text().await.expect("body"))
-    }
 
     #[tokio::test]
     async fn admins_sync_from_the_page_and_see_failures_in_plain_words() {
         let (url, hub) = start_hub().await;
         let edge = Edge::new();
-        let hash = edge::auth::hash_password(PASSWORD).expect("hash");
-        for (name, role) in [("admin", edge::store::Role::Admin), ("clinic", edge::store::Role::Clinician)] {
-            edge.state.store.create_user(name.into(), role, hash.clone()).await.expect("account");
-        }
+        add_accounts(&edge, &[("admin", edge::store::Role::Admin), ("clinic", edge::store::Role::Clinician)]).await;
         edge.enroll(&url, TOKEN).await.expect("enroll");
         edge.record(2).await;
         lock(&hub).revoked = true;
@@ -783,27 +742,12 @@ mod page {
 async fn the_api_runs_a_sync_and_reports_push_and_pull() {
     let (url, _hub) = start_hub().await;
     let edge = Edge::new();
-    let hash = edge::auth::hash_password("motdepasse1").expect("hash");
-    edge.state.store.create_user("admin".into(), edge::store::Role::Admin, hash).await.expect("account");
+    web::add_accounts(&edge, &[("admin", edge::store::Role::Admin)]).await;
     edge.enroll(&url, TOKEN).await.expect("enroll");
     edge.record(3).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(edge::serve(listener, edge.state.clone(), async {
-        let _ = stopped.await;
-    }));
+    let (base, _stop) = web::serve(&edge).await;
+    let token = web::api_token(&base, "admin").await;
     let c = reqwest::Client::new();
-    let login: Value = c
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "username": "admin", "password": "motdepasse1" }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["token"].as_str().expect("token");
     let r = c.post(format!("{base}/api/v1/sync/run")).bearer_auth(token).send().await.expect("run");
     assert_eq!(r.status(), 200);
     let report: Value = r.json().await.expect("json");
@@ -820,3 +764,6 @@ mod pull;
 /// Oversized batches, refused changes, a hub that comes back.
 #[path = "sync/robustness.rs"]
 mod robustness;
+/// Serving the edge under test and driving its UI and API.
+#[path = "sync/web.rs"]
+mod web;

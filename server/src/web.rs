@@ -59,6 +59,13 @@ pub fn looks_like_token(s: &str) -> bool {
     s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The hash (as sessions are stored) of the session token in cookie `name`,
+/// when the cookie holds something shaped like one of our tokens.
+#[must_use]
+pub fn session_hash(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookie(headers, name).filter(|t| looks_like_token(t)).map(crate::tokens::hash_token)
+}
+
 /// Equality whose time does not depend on where the inputs differ.
 #[must_use]
 pub fn ct_eq(a: &str, b: &str) -> bool {
@@ -170,6 +177,16 @@ impl Lang {
     }
 }
 
+/// `GET /lang/{code}`: a 303 back to the page the switch was used on
+/// ([`return_path`]) that remembers the language in cookie `name` for a
+/// year; `None` when `code` is not one of ours (the caller shows its own
+/// "not found" page).
+#[must_use]
+pub fn switch_lang(code: &str, headers: &HeaderMap, name: &str, secure: bool) -> Option<Response> {
+    let lang = Lang::parse(code)?;
+    Some(see_other(&return_path(headers), &[lang_cookie(name, lang.code(), secure)]))
+}
+
 /// An HTML page with the headers every page gets, and `Set-Cookie` values.
 #[must_use]
 pub fn html_page(status: StatusCode, html: String, cookies: &[String]) -> Response {
@@ -264,6 +281,25 @@ mod tests {
         assert!(!ct_eq(&t, &crate::tokens::random_token()));
         assert!(!ct_eq(&t, ""));
         assert!(!looks_like_token("short"));
+    }
+
+    #[test]
+    fn sessions_are_found_by_the_hash_of_a_well_formed_token() {
+        let t = crate::tokens::random_token();
+        let h = headers(&[(header::COOKIE, &format!("sr_session={t}"))]);
+        assert_eq!(session_hash(&h, "sr_session"), Some(crate::tokens::hash_token(&t)));
+        assert_eq!(session_hash(&h, "sr_other"), None);
+        assert_eq!(session_hash(&headers(&[(header::COOKIE, "sr_session=short")]), "sr_session"), None);
+    }
+
+    #[test]
+    fn the_language_switch_remembers_and_goes_back() {
+        let h = headers(&[(header::HOST, "hub"), (header::REFERER, "http://hub/sites?x=1")]);
+        let r = switch_lang("en", &h, "sr_lang", true).expect("a known language");
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/sites?x=1");
+        assert_eq!(r.headers()[header::SET_COOKIE], "sr_lang=en; Path=/; Max-Age=31536000; SameSite=Lax; Secure");
+        assert!(switch_lang("de", &h, "sr_lang", true).is_none());
     }
 
     #[test]

@@ -43,8 +43,8 @@ use santerurale_shared::sync::{
 use santerurale_shared::{Patient, PatientId, Phone};
 use serde::Serialize;
 
-use super::client::{HubClient, HubError, HubUrlError};
-use super::{KeyError, enrolled_hub, keys};
+use super::KeyError;
+use super::client::{HubError, HubUrlError};
 use crate::store::{Store, StoreError};
 
 /// Budget for the change bytes of one fetch page: a whole ordinary history
@@ -148,21 +148,10 @@ pub fn parse_query(q: &str, default_country: &str) -> Option<LookupQuery> {
     Some(LookupQuery::Phone(phone.as_str().to_owned()))
 }
 
-/// The hub this edge is enrolled with, and the device key.
-async fn connect(
-    store: &Store,
-    data_dir: &Path,
-) -> Result<(HubClient, santerurale_shared::sync::SigningKey), LookupError> {
-    let Some(hub) = store.read(enrolled_hub).await? else {
-        return Err(LookupError::NotEnrolled);
-    };
-    Ok((HubClient::for_endpoint(&hub)?, keys::load(data_dir)?))
-}
-
 /// Searches the hub for `q` (see [`parse_query`]).
 pub async fn lookup(store: &Store, data_dir: &Path, q: &str) -> Result<Vec<HubPatient>, LookupError> {
     let query = parse_query(q, &store.options().default_country).ok_or(LookupError::InvalidQuery)?;
-    let (client, key) = connect(store, data_dir).await?;
+    let (client, key) = super::connect(store, data_dir, LookupError::NotEnrolled).await?;
     let device_id = store.device_id();
     let body = encode_lookup(&LookupRequest { protocol: PROTOCOL_VERSION, device_id, query })
         .map_err(|e| LookupError::Hub(HubError::Encode(e)))?;
@@ -196,7 +185,7 @@ pub struct Fetched {
 
 /// Fetches patient `id`'s whole history from the hub and applies it here.
 pub async fn fetch(store: &Store, data_dir: &Path, id: PatientId) -> Result<Fetched, LookupError> {
-    let (client, key) = connect(store, data_dir).await?;
+    let (client, key) = super::connect(store, data_dir, LookupError::NotEnrolled).await?;
     let device_id = store.device_id();
     let (mut after, mut total, mut changes) = (0, 0usize, Vec::new());
     loop {

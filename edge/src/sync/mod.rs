@@ -412,6 +412,23 @@ async fn record(
     result
 }
 
+/// A client for the hub this edge is enrolled with, and the device key that
+/// signs its requests; `not_enrolled` (each caller has its own) when the
+/// edge is not enrolled yet.
+async fn connect<E>(
+    store: &crate::store::Store,
+    data_dir: &Path,
+    not_enrolled: E,
+) -> Result<(HubClient, santerurale_shared::sync::SigningKey), E>
+where
+    E: From<StoreError> + From<HubUrlError> + From<KeyError>,
+{
+    let Some(hub) = store.read(enrolled_hub).await? else {
+        return Err(not_enrolled);
+    };
+    Ok((HubClient::for_endpoint(&hub)?, keys::load(data_dir)?))
+}
+
 /// The hub this edge is enrolled with, from `meta`.
 fn enrolled_hub(c: &rusqlite::Connection) -> Result<Option<HubEndpoint>, StoreError> {
     if get_meta(c, meta_keys::SITE_ID)?.is_none() {

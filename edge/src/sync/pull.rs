@@ -9,8 +9,8 @@ use std::path::Path;
 use santerurale_shared::PatientId;
 use santerurale_shared::sync::{HubChange, PROTOCOL_VERSION, PullRequest};
 
-use super::client::{HubClient, HubError};
-use super::{SyncError, SyncReport, enrolled_hub, keys, meta_keys};
+use super::client::HubError;
+use super::{SyncError, SyncReport, connect, meta_keys};
 use crate::store::{Store, StoreError, get_meta, set_meta};
 
 /// Budget for the change bytes of one page: a few seconds at 2G speeds, so a
@@ -25,11 +25,7 @@ pub(super) async fn run(
     max_bytes: u32,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let Some(hub) = store.read(enrolled_hub).await? else {
-        return Err(SyncError::NotEnrolled);
-    };
-    let client = HubClient::for_endpoint(&hub)?;
-    let key = keys::load(data_dir)?;
+    let (client, key) = connect(store, data_dir, SyncError::NotEnrolled).await?;
     let device_id = store.device_id();
     loop {
         let cursor = store.read(cursor).await?;

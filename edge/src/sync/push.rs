@@ -12,7 +12,7 @@ use santerurale_shared::sync::{
 };
 
 use super::client::{HubClient, HubError, TransportError};
-use super::{SyncError, SyncReport, enrolled_hub, keys, meta_keys};
+use super::{SyncError, SyncReport, connect, meta_keys};
 use crate::store::{Store, StoreError, get_meta, now_rfc3339, set_meta};
 
 /// The next batch to send, its changes, and the pending count.
@@ -34,11 +34,7 @@ pub(super) async fn run(
     config: PushConfig,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let Some(hub) = store.read(enrolled_hub).await? else {
-        return Err(SyncError::NotEnrolled);
-    };
-    let client = HubClient::for_endpoint(&hub)?;
-    let key = keys::load(data_dir)?;
+    let (client, key) = connect(store, data_dir, SyncError::NotEnrolled).await?;
     let learnt = store.read(|c| get_meta(c, meta_keys::PUSH_LIMITS)).await?.as_deref().and_then(Learnt::from_text);
     let mut planner = learnt.map_or_else(|| PushPlanner::new(config), |l| PushPlanner::resume(config, l));
     let result = push_all(store, &client, &key, &mut planner, report).await;

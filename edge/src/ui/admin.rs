@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::forms::{Fields, FormState, RawForm};
-use super::i18n::Lang;
+use super::i18n::{Lang, Texts as _};
 use super::session::{Signed, hash_blocking};
 use super::{Page, UiError, render, see_other};
 use crate::AppState;

@@ -8,6 +8,7 @@ use santerurale_shared::patient::format_date;
 use santerurale_shared::{EncounterDraft, EncounterKind, Patient, PatientId, ValidationErrors};
 
 use super::forms::{Fields, FormState, ParseErrors, RawForm};
+use super::i18n::Texts as _;
 use super::patients::{patient_id, today};
 use super::session::Signed;
 use super::{Fail, Page, UiError, render, see_other};

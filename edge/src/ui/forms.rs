@@ -8,7 +8,7 @@ use axum::Form;
 use axum::extract::rejection::FormRejection;
 use santerurale_shared::{FieldError, ValidationErrors};
 
-use super::i18n::Lang;
+use super::i18n::{Lang, Texts as _};
 use super::{Fail, Page, UiError};
 
 /// The name/value pairs of a submitted form.

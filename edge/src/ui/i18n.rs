@@ -1,6 +1,6 @@
 //! French and English text for the web UI.
 //!
-//! Every label is looked up by a key in one table, [`Lang::t`], so a missing
+//! Every label is looked up by a key in one table, [`Texts::t`], so a missing
 //! translation is a missing table row (a unit test checks that every key the
 //! templates use exists). Validation errors are translated by their stable
 //! `code` (see `santerurale_shared::validation`), with field-specific wording
@@ -20,52 +20,40 @@ use super::messages::lookup;
 use crate::auth::{MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS};
 use crate::store::Role;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Lang {
-    #[default]
-    Fr,
-    En,
-}
+pub use santerurale_server::web::Lang;
 
-impl Lang {
-    /// The `lang` attribute and cookie value.
-    #[must_use]
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::Fr => "fr",
-            Self::En => "en",
-        }
-    }
-
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "fr" => Some(Self::Fr),
-            "en" => Some(Self::En),
-            _ => None,
-        }
-    }
-
-    #[must_use]
-    pub const fn is_fr(self) -> bool {
-        matches!(self, Self::Fr)
-    }
-
+/// The clinic UI's words and formats in a [`Lang`] (the language type and
+/// its cookie are shared with the hub's UI, see `santerurale_server::web`).
+pub trait Texts: Copy {
     /// The text for `key`; the key itself when the table has no row (a bug
     /// the `every_template_key_is_translated` test catches).
-    #[must_use]
-    pub fn t(self, key: &str) -> &str {
+    fn t(self, key: &str) -> &str;
+    fn sex(self, sex: Sex) -> &'static str;
+    fn kind(self, kind: EncounterKind) -> &'static str;
+    fn age_group(self, group: AgeGroup) -> &'static str;
+    fn role(self, role: Role) -> &'static str;
+    /// A decimal number as this language writes it (`38,5` / `38.5`).
+    fn number(self, v: f64) -> String;
+    /// A calendar date, day first (how dates are written in Mali either way).
+    fn date(self, d: Date) -> String;
+    /// An RFC 3339 timestamp (as the store keeps them) shown to the minute, UTC.
+    fn timestamp(self, rfc3339: &str) -> String;
+    /// An age on `today`: months under two years, then years.
+    fn age(self, birth_date: Date, today: Date) -> String;
+    /// The message shown under a form field for a validation error `code`.
+    /// `fallback` is the validator's English message, used for unknown codes.
+    fn field_error(self, field: &str, code: &str, fallback: &str) -> String;
+}
+
+impl Texts for Lang {
+    fn t(self, key: &str) -> &str {
         match lookup(key) {
-            Some((fr, en)) => match self {
-                Self::Fr => fr,
-                Self::En => en,
-            },
+            Some((fr, en)) => self.pick(fr, en),
             None => key,
         }
     }
 
-    #[must_use]
-    pub fn sex(self, sex: Sex) -> &'static str {
+    fn sex(self, sex: Sex) -> &'static str {
         let (fr, en) = match sex {
             Sex::Female => ("Féminin", "Female"),
             Sex::Male => ("Masculin", "Male"),
@@ -73,8 +61,7 @@ impl Lang {
         self.pick(fr, en)
     }
 
-    #[must_use]
-    pub fn kind(self, kind: EncounterKind) -> &'static str {
+    fn kind(self, kind: EncounterKind) -> &'static str {
         let (fr, en) = match kind {
             EncounterKind::Consultation => ("Consultation", "Consultation"),
             EncounterKind::Antenatal => ("Consultation prénatale (CPN)", "Antenatal care (ANC)"),
@@ -84,8 +71,7 @@ impl Lang {
         self.pick(fr, en)
     }
 
-    #[must_use]
-    pub fn age_group(self, group: AgeGroup) -> &'static str {
+    fn age_group(self, group: AgeGroup) -> &'static str {
         let (fr, en) = match group {
             AgeGroup::Under1 => ("Moins de 1 an", "Under 1 year"),
             AgeGroup::From1To4 => ("1 à 4 ans", "1 to 4 years"),
@@ -95,8 +81,7 @@ impl Lang {
         self.pick(fr, en)
     }
 
-    #[must_use]
-    pub fn role(self, role: Role) -> &'static str {
+    fn role(self, role: Role) -> &'static str {
         let (fr, en) = match role {
             Role::Registrar => ("Accueil", "Registrar"),
             Role::Clinician => ("Soignant", "Clinician"),
@@ -105,29 +90,16 @@ impl Lang {
         self.pick(fr, en)
     }
 
-    const fn pick(self, fr: &'static str, en: &'static str) -> &'static str {
-        match self {
-            Self::Fr => fr,
-            Self::En => en,
-        }
-    }
-
-    /// A decimal number as this language writes it (`38,5` / `38.5`).
-    #[must_use]
-    pub fn number(self, v: f64) -> String {
+    fn number(self, v: f64) -> String {
         let s = format!("{v}");
         if self.is_fr() { s.replace('.', ",") } else { s }
     }
 
-    /// A calendar date, day first (how dates are written in Mali either way).
-    #[must_use]
-    pub fn date(self, d: Date) -> String {
+    fn date(self, d: Date) -> String {
         format!("{:02}/{:02}/{:04}", d.day(), u8::from(d.month()), d.year())
     }
 
-    /// An RFC 3339 timestamp (as the store keeps them) shown to the minute, UTC.
-    #[must_use]
-    pub fn timestamp(self, rfc3339: &str) -> String {
+    fn timestamp(self, rfc3339: &str) -> String {
         match OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339) {
             Ok(t) => {
                 let t = t.to_offset(time::UtcOffset::UTC);
@@ -137,9 +109,7 @@ impl Lang {
         }
     }
 
-    /// An age on `today`: months under two years, then years.
-    #[must_use]
-    pub fn age(self, birth_date: Date, today: Date) -> String {
+    fn age(self, birth_date: Date, today: Date) -> String {
         let years = years_between(birth_date, today);
         if years >= 2 {
             return format!("{years} {}", self.pick("ans", "years"));
@@ -153,20 +123,17 @@ impl Lang {
         format!("{months} {}", self.pick("mois", if months == 1 { "month" } else { "months" }))
     }
 
-    /// The message shown under a form field for a validation error `code`.
-    /// `fallback` is the validator's English message, used for unknown codes.
-    #[must_use]
-    pub fn field_error(self, field: &str, code: &str, fallback: &str) -> String {
+    fn field_error(self, field: &str, code: &str, fallback: &str) -> String {
         let between = |(lo, hi): (f64, f64), unit: &str| match self {
-            Self::Fr => format!("Entre {} et {} {unit}.", self.number(lo), self.number(hi)),
-            Self::En => format!("Between {} and {} {unit}.", self.number(lo), self.number(hi)),
+            Lang::Fr => format!("Entre {} et {} {unit}.", self.number(lo), self.number(hi)),
+            Lang::En => format!("Between {} and {} {unit}.", self.number(lo), self.number(hi)),
         };
         match (field, code) {
             ("birth_date", "required") => return self.t("err_birth_date_required").to_owned(),
             ("birth_date", "out_of_range") => {
                 return match self {
-                    Self::Fr => format!("Plus de {MAX_AGE_YEARS} ans\u{a0}: vérifiez la date."),
-                    Self::En => format!("Older than {MAX_AGE_YEARS} years: check the date."),
+                    Lang::Fr => format!("Plus de {MAX_AGE_YEARS} ans\u{a0}: vérifiez la date."),
+                    Lang::En => format!("Older than {MAX_AGE_YEARS} years: check the date."),
                 };
             }
             ("age_years", "out_of_range") => {
@@ -191,23 +158,23 @@ impl Lang {
                 };
                 if let Some(max) = max {
                     return match self {
-                        Self::Fr => format!("Texte trop long ({max} caractères au plus)."),
-                        Self::En => format!("Too long (at most {max} characters)."),
+                        Lang::Fr => format!("Texte trop long ({max} caractères au plus)."),
+                        Lang::En => format!("Too long (at most {max} characters)."),
                     };
                 }
             }
             (_, "password_too_short") => {
                 return match self {
-                    Self::Fr => format!("Le mot de passe doit contenir au moins {MIN_PASSWORD_CHARS} caractères."),
-                    Self::En => {
+                    Lang::Fr => format!("Le mot de passe doit contenir au moins {MIN_PASSWORD_CHARS} caractères."),
+                    Lang::En => {
                         format!("The password must have at least {MIN_PASSWORD_CHARS} characters.")
                     }
                 };
             }
             (_, "password_too_long") => {
                 return match self {
-                    Self::Fr => format!("Le mot de passe est trop long ({MAX_PASSWORD_CHARS} caractères au plus)."),
-                    Self::En => format!("The password is too long (at most {MAX_PASSWORD_CHARS} characters)."),
+                    Lang::Fr => format!("Le mot de passe est trop long ({MAX_PASSWORD_CHARS} caractères au plus)."),
+                    Lang::En => format!("The password is too long (at most {MAX_PASSWORD_CHARS} characters)."),
                 };
             }
             _ => {}

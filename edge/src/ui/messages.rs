@@ -1,5 +1,5 @@
 //! The French and English text of every UI label and validation message,
-//! looked up by key (see [`super::i18n::Lang::t`]). French uses no-break
+//! looked up by key (see [`super::i18n::Texts::t`]). French uses no-break
 //! spaces before `:` and `;` and inside guillemets, as French typography does.
 
 /// The table: key → (French, English).

@@ -33,14 +33,17 @@ use std::sync::OnceLock;
 use askama::Template;
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use santerurale_server::web;
 
 use crate::AppState;
 use crate::auth::CurrentUser;
 use crate::store::Role;
-use i18n::Lang;
+use i18n::{Lang, Texts as _};
+
+pub(crate) use santerurale_server::web::see_other;
 
 pub use session::{CSRF_COOKIE, LANG_COOKIE, SESSION_COOKIE};
 
@@ -128,7 +131,7 @@ impl Page {
     #[must_use]
     pub fn css_url(&self) -> &'static str {
         static URL: OnceLock<String> = OnceLock::new();
-        URL.get_or_init(|| format!("/assets/app.css?v={}", &crate::auth::hash_token(APP_CSS)[..12]))
+        URL.get_or_init(|| format!("/assets/app.css?v={}", web::asset_version(APP_CSS)))
     }
 
     pub(crate) fn fail(&self, fail: Fail) -> UiError {
@@ -209,50 +212,15 @@ pub(crate) fn render(status: StatusCode, page: &Page, tpl: &impl Template) -> Re
             return (StatusCode::INTERNAL_SERVER_ERROR, "Erreur interne / Internal error").into_response();
         }
     };
-    let mut response = (status, Html(html)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    if let Some(cookie) = page.set_cookie.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
-        headers.append(header::SET_COOKIE, cookie);
-    }
-    response
-}
-
-/// 303 to `to`, with extra `Set-Cookie` values.
-pub(crate) fn see_other(to: &str, cookies: &[String]) -> Response {
-    let mut response = Redirect::to(to).into_response();
-    for c in cookies {
-        if let Ok(v) = HeaderValue::from_str(c) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    response
+    web::html_page(status, html, page.set_cookie.as_slice())
 }
 
 /// Files compiled into the binary. Their URLs change with their content
 /// (see [`Page::css_url`]), so browsers may keep them for a year.
 async fn asset(Path(file): Path<String>) -> Response {
-    let (body, kind) = match file.as_str() {
-        "app.css" => (APP_CSS, "text/css; charset=utf-8"),
-        "icon.svg" => (ICON_SVG, "image/svg+xml"),
-        _ => return (StatusCode::NOT_FOUND, "not found").into_response(),
-    };
-    (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        body,
-    )
-        .into_response()
+    match file.as_str() {
+        "app.css" => web::static_asset(APP_CSS, "text/css; charset=utf-8"),
+        "icon.svg" => web::static_asset(ICON_SVG, "image/svg+xml"),
+        _ => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
 }

@@ -11,7 +11,7 @@ use santerurale_shared::{Encounter, Patient, PatientDraft, PatientId, PatientPat
 use time::{Date, OffsetDateTime};
 
 use super::forms::{Fields, FormState, ParseErrors, RawForm};
-use super::i18n::Lang;
+use super::i18n::{Lang, Texts as _};
 use super::session::Signed;
 use super::{Fail, Page, UiError, render, see_other};
 use crate::AppState;

@@ -13,14 +13,14 @@ use super::i18n::Lang;
 use super::{Fail, Page, UiError, render, see_other};
 use crate::AppState;
 use crate::auth::{CurrentUser, check_password_policy, hash_password, hash_token, random_token, verify_password};
-use santerurale_server::web::{DoubleSubmit, cookie, ct_eq, lang_cookie, looks_like_token, return_path, set_cookie};
+use santerurale_server::web::{self, DoubleSubmit, ct_eq, session_hash, set_cookie};
 
 pub const SESSION_COOKIE: &str = "sr_session";
 pub const CSRF_COOKIE: &str = "sr_csrf";
 pub const LANG_COOKIE: &str = "sr_lang";
 
 fn lang_of(headers: &HeaderMap) -> Lang {
-    cookie(headers, LANG_COOKIE).and_then(Lang::parse).unwrap_or_default()
+    Lang::from_cookie(headers, LANG_COOKIE)
 }
 
 /// A signed-in user's request. Without a live session the request is sent
@@ -37,8 +37,7 @@ impl FromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut page = Page::new(state, lang_of(&parts.headers));
-        if let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)) {
-            let session_hash = hash_token(token);
+        if let Some(session_hash) = session_hash(&parts.headers, SESSION_COOKIE) {
             match state.store.get_session(session_hash.clone()).await {
                 Ok(Some(session)) => {
                     let user = CurrentUser::from(session.user);
@@ -89,7 +88,7 @@ impl FromRequestParts<AppState> for Anon {
         let csrf = DoubleSubmit::from_headers(&parts.headers, CSRF_COOKIE, max_age, state.config.secure_cookies);
         page.csrf.clone_from(&csrf.token);
         page.set_cookie.clone_from(&csrf.set_cookie);
-        let old_session = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)).map(hash_token);
+        let old_session = session_hash(&parts.headers, SESSION_COOKIE);
         Ok(Self { page, csrf, old_session })
     }
 }
@@ -224,11 +223,8 @@ pub async fn logout(State(state): State<AppState>, signed: Signed, raw: RawForm)
 /// `GET /lang/{fr|en}`: remembers the choice for a year and goes back to the
 /// page it was made on (when the `Referer` is a page of this site).
 pub async fn switch_lang(State(state): State<AppState>, Path(code): Path<String>, headers: HeaderMap) -> Response {
-    let Some(lang) = Lang::parse(&code) else {
-        return Page::new(&state, lang_of(&headers)).fail(Fail::NotFound).into_response();
-    };
-    let cookie = lang_cookie(LANG_COOKIE, lang.code(), state.config.secure_cookies);
-    see_other(&return_path(&headers), &[cookie])
+    web::switch_lang(&code, &headers, LANG_COOKIE, state.config.secure_cookies)
+        .unwrap_or_else(|| Page::new(&state, lang_of(&headers)).fail(Fail::NotFound).into_response())
 }
 
 #[cfg(test)]

@@ -213,11 +213,10 @@ where
 
 #[tokio::test]
 async fn the_sync_page_tells_a_failure_that_clears_by_itself_from_one_that_needs_someone() {
-    use super::page::{PASSWORD, serve, signed_in, sync_now};
+    use super::web::{add_accounts, api_token, serve, signed_in, sync_now};
     let (url, hub) = start_hub().await;
     let edge = Edge::new();
-    let hash = edge::auth::hash_password(PASSWORD).expect("hash");
-    edge.state.store.create_user("admin".into(), edge::store::Role::Admin, hash).await.expect("account");
+    add_accounts(&edge, &[("admin", edge::store::Role::Admin)]).await;
     edge.enroll(&url, TOKEN).await.expect("enroll");
     edge.record(3).await;
     let (base, _stop) = serve(&edge).await;
@@ -255,18 +254,8 @@ async fn the_sync_page_tells_a_failure_that_clears_by_itself_from_one_that_needs
     assert!(html.contains("data-class=\"retryable\">Nouvel essai automatique à"), "{html}");
     assert!(html.contains("injoignable"), "{html}");
     // The API shows the same: its code, its class, when the retry comes.
-    let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "username": "admin", "password": PASSWORD }))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("json");
-    let token = login["token"].as_str().expect("a token");
-    let status: Value = http
+    let token = api_token(&base, "admin").await;
+    let status: Value = reqwest::Client::new()
         .get(format!("{base}/api/v1/sync/status"))
         .bearer_auth(token)
         .send()

@@ -49,23 +49,22 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::post;
 use santerurale_shared::sync::wire::bodies::{
     decode_fetch, decode_lookup, encode_fetch_response, encode_lookup_response,
 };
-use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
+use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{
     FETCH_PATH, FetchRequest, FetchResponse, HubChange, LOOKUP_PATH, LookupQuery, LookupResponse, PatientSummary,
     page_len,
 };
-use santerurale_shared::{DeviceId, PatientId, Phone, Sex};
-use tokio_postgres::Transaction;
+use santerurale_shared::{PatientId, Phone, Sex};
 
 use super::pull::MAX_PAGE_BYTES;
-use super::push::{Authenticated, Sender, authenticate, revoked};
-use super::{DEVICE_MISMATCH, SyncError};
+use super::push::{Authenticated, Sender, authenticate};
+use super::{SyncError, answer, check_device, codec_body, record_request};
 use crate::AppState;
 
 /// The most patients one lookup returns: an exact phone or id matches one
@@ -86,7 +85,8 @@ async fn lookup(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    finish("lookup", &headers, handle_lookup(&state, &uri, &headers, body).await)
+    // Requests are counted by route in `hub_http_requests_total`.
+    answer(None, "lookup", &headers, handle_lookup(&state, &uri, &headers, body).await)
 }
 
 async fn fetch(
@@ -95,66 +95,7 @@ async fn fetch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    finish("fetch", &headers, handle_fetch(&state, &uri, &headers, body).await)
-}
-
-/// Logs a refusal (the caller's fault) with the device it named; then
-/// answers. (Requests are counted by route in `hub_http_requests_total`.)
-fn finish(what: &str, headers: &HeaderMap, result: Result<Response, SyncError>) -> Response {
-    match result {
-        Ok(response) => response,
-        Err(e) => {
-            if !e.retryable {
-                let device = headers
-                    .get(santerurale_shared::sync::signing::HEADER_DEVICE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::warn!(device, code = e.code, reason = %e.message, "sync {what} refused");
-            }
-            e.into_response()
-        }
-    }
-}
-
-fn check_device(named: DeviceId, sender: &Sender) -> Result<(), SyncError> {
-    if named == sender.id {
-        Ok(())
-    } else {
-        Err(SyncError::rejected(
-            StatusCode::FORBIDDEN,
-            DEVICE_MISMATCH,
-            "the request names another device than the one that signed it",
-        ))
-    }
-}
-
-fn codec_body(bytes: Vec<u8>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], bytes).into_response()
-}
-
-/// Records the nonce (refusing a replay) and the contact time (refusing a
-/// device revoked since it was authenticated), in the caller's transaction.
-async fn record_request(tx: &Transaction<'_>, sender: &Sender, nonce: &[u8]) -> Result<(), SyncError> {
-    let fresh = tx
-        .execute(
-            "INSERT INTO sync_nonces (device_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[sender.id.as_uuid(), &nonce],
-        )
-        .await?;
-    if fresh == 0 {
-        return Err(SyncError::rejected(
-            StatusCode::CONFLICT,
-            codes::REPLAYED_REQUEST,
-            "this request was already received (same nonce): sign each request anew",
-        ));
-    }
-    tx.query_opt(
-        "UPDATE devices SET last_contact = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
-        &[sender.id.as_uuid()],
-    )
-    .await?
-    .ok_or_else(revoked)?;
-    Ok(())
+    answer(None, "fetch", &headers, handle_fetch(&state, &uri, &headers, body).await)
 }
 
 async fn handle_lookup(
@@ -165,7 +106,7 @@ async fn handle_lookup(
 ) -> Result<Response, SyncError> {
     let Authenticated { signed, sender, body, now } = authenticate(state, uri, headers, body).await?;
     let request = decode_lookup(&body, state.config.sync_max_body_bytes)?;
-    check_device(request.device_id, &sender)?;
+    check_device(request.device_id, sender.id)?;
     let (digits, id) = match &request.query {
         LookupQuery::Phone(raw) => {
             let phone = Phone::from_e164(raw).map_err(|_| {
@@ -182,7 +123,7 @@ async fn handle_lookup(
 
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
-    record_request(&tx, &sender, &signed.nonce).await?;
+    record_request(&tx, sender.id, &signed.nonce).await?;
     // One of $1 and $2 is NULL, and a comparison with NULL is never true.
     let rows = tx
         .query(
@@ -230,7 +171,7 @@ async fn handle_fetch(
 ) -> Result<Response, SyncError> {
     let Authenticated { signed, sender, body, now } = authenticate(state, uri, headers, body).await?;
     let request = decode_fetch(&body, state.config.sync_max_body_bytes)?;
-    check_device(request.device_id, &sender)?;
+    check_device(request.device_id, sender.id)?;
     let response = fetch_page(&state.db, &sender, &signed.nonce, &request).await?;
     state.metrics.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
     tracing::info!(
@@ -241,11 +182,7 @@ async fn handle_fetch(
         more = response.more,
         "sync fetch served"
     );
-    let body = tokio::task::spawn_blocking(move || encode_fetch_response(&response))
-        .await
-        .map_err(|e| SyncError::internal(&e))?
-        .map_err(|e| SyncError::internal(&e))?;
-    Ok(codec_body(body))
+    super::codec_body_blocking(response, encode_fetch_response).await
 }
 
 async fn fetch_page(
@@ -260,7 +197,7 @@ async fn fetch_page(
     let patient = request.patient_id.as_uuid();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    record_request(&tx, sender, nonce).await?;
+    record_request(&tx, sender.id, nonce).await?;
     super::apply::lock_log(&tx).await?;
     let known = tx.query_opt("SELECT 1 FROM changes WHERE patient_id = $1 LIMIT 1", &[patient]).await?.is_some();
     if !known {

@@ -16,9 +16,8 @@
 //! provenance and, in the same transaction, [`apply`]s them to per-patient
 //! Automerge documents and the patients/encounters projection, recording
 //! concurrent same-field edits as [`conflicts`]; [`pull`] serves the log
-//! back to the sites that hold each patient. Not yet done (issue 3, next
-//! steps): admin resolution of a conflict, and fetching the earlier
-//! history of a patient a site starts holding through a cross-site lookup.
+//! back to the sites that hold each patient; [`lookup`] lets a site find a
+//! patient registered elsewhere and fetch the patient's whole history.
 
 pub mod apply;
 pub mod conflicts;
@@ -28,13 +27,15 @@ pub mod pull;
 pub mod push;
 
 use axum::Json;
-use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::IntCounterVec;
+use santerurale_shared::DeviceId;
 use santerurale_shared::sync::codec::CodecError;
-use santerurale_shared::sync::wire::codes;
+use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
 use santerurale_shared::sync::{ErrorBody, SignatureError};
+use tokio_postgres::Transaction;
 
 use crate::db::DbError;
 
@@ -132,21 +133,26 @@ impl From<CodecError> for SyncError {
     }
 }
 
-/// Counts a handled sync request under `requests{result}` and logs a refusal
-/// (the caller's fault) with the device it named; then answers.
+/// Counts a handled sync request under `requests{result}` (when the route
+/// has such a counter) and logs a refusal (the caller's fault) with the
+/// device it named; then answers.
 pub(crate) fn answer(
-    requests: &IntCounterVec,
+    requests: Option<&IntCounterVec>,
     what: &str,
     headers: &HeaderMap,
     result: Result<Response, SyncError>,
 ) -> Response {
     match result {
         Ok(response) => {
-            requests.with_label_values(&["ok"]).inc();
+            if let Some(requests) = requests {
+                requests.with_label_values(&["ok"]).inc();
+            }
             response
         }
         Err(e) => {
-            requests.with_label_values(&[e.code]).inc();
+            if let Some(requests) = requests {
+                requests.with_label_values(&[e.code]).inc();
+            }
             if !e.retryable {
                 let device = headers
                     .get(santerurale_shared::sync::signing::HEADER_DEVICE)
@@ -157,6 +163,74 @@ pub(crate) fn answer(
             e.into_response()
         }
     }
+}
+
+/// A successful answer: a body in the sync codec.
+pub(crate) fn codec_body(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], bytes).into_response()
+}
+
+/// [`codec_body`] of an answer that may be megabytes (a page of changes):
+/// encoded and compressed off the async runtime.
+pub(crate) async fn codec_body_blocking<T: Send + 'static>(
+    answer: T,
+    encode: fn(&T) -> Result<Vec<u8>, CodecError>,
+) -> Result<Response, SyncError> {
+    let body = tokio::task::spawn_blocking(move || encode(&answer))
+        .await
+        .map_err(|e| SyncError::internal(&e))?
+        .map_err(|e| SyncError::internal(&e))?;
+    Ok(codec_body(body))
+}
+
+/// Refuses a request whose body names another device than the one that
+/// signed it (403 [`DEVICE_MISMATCH`]).
+pub(crate) fn check_device(named: DeviceId, signer: DeviceId) -> Result<(), SyncError> {
+    if named == signer {
+        Ok(())
+    } else {
+        Err(SyncError::rejected(
+            StatusCode::FORBIDDEN,
+            DEVICE_MISMATCH,
+            "the request names another device than the one that signed it",
+        ))
+    }
+}
+
+/// Records a signed request's nonce in the caller's transaction: a nonce
+/// already there is a replay (409 `replayed_request`). A concurrent twin
+/// blocks on the unique key until the first commits, then sees it.
+pub(crate) async fn record_nonce(tx: &Transaction<'_>, device: DeviceId, nonce: &[u8]) -> Result<(), SyncError> {
+    let fresh = tx
+        .execute(
+            "INSERT INTO sync_nonces (device_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[device.as_uuid(), &nonce],
+        )
+        .await?;
+    if fresh == 0 {
+        return Err(SyncError::rejected(
+            StatusCode::CONFLICT,
+            codes::REPLAYED_REQUEST,
+            "this request was already received (same nonce): sign each request anew",
+        ));
+    }
+    Ok(())
+}
+
+/// Records the nonce ([`record_nonce`]) and the contact time of a request
+/// that stores nothing of the device's (pull, lookup, fetch), in the caller's
+/// transaction, refusing a device revoked since it was authenticated (the
+/// revoke and this update lock the same row, so one of them comes second).
+/// Push records its contact with more columns, see [`push`].
+pub(crate) async fn record_request(tx: &Transaction<'_>, device: DeviceId, nonce: &[u8]) -> Result<(), SyncError> {
+    record_nonce(tx, device, nonce).await?;
+    tx.query_opt(
+        "UPDATE devices SET last_contact = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
+        &[device.as_uuid()],
+    )
+    .await?
+    .ok_or_else(push::revoked)?;
+    Ok(())
 }
 
 impl IntoResponse for SyncError {

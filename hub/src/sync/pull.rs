@@ -31,17 +31,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::post;
 use santerurale_shared::PatientId;
-use santerurale_shared::sync::wire::{CONTENT_TYPE, codes};
+use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{
     HubChange, PULL_PATH, PullRequest, PullResponse, decode_pull, encode_pull_response, page_len,
 };
 
-use super::push::{Authenticated, Sender, authenticate, revoked};
-use super::{DEVICE_MISMATCH, SyncError};
+use super::push::{Authenticated, Sender, authenticate};
+use super::{SyncError, check_device, record_request};
 use crate::AppState;
 
 /// The hub's cap on a page's change bytes, whatever the edge asks.
@@ -60,7 +60,7 @@ async fn pull(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = handle(&state, &uri, &headers, body).await;
-    super::answer(&state.metrics.sync_pull_requests, "pull", &headers, result)
+    super::answer(Some(&state.metrics.sync_pull_requests), "pull", &headers, result)
 }
 
 async fn handle(
@@ -72,13 +72,7 @@ async fn handle(
     let Authenticated { signed, sender, body, now } = authenticate(state, uri, headers, body).await?;
     // A pull request is a few dozen bytes: no need to inflate much.
     let request = decode_pull(&body, state.config.sync_max_body_bytes)?;
-    if request.device_id != sender.id {
-        return Err(SyncError::rejected(
-            StatusCode::FORBIDDEN,
-            DEVICE_MISMATCH,
-            "the request names another device than the one that signed it",
-        ));
-    }
+    check_device(request.device_id, sender.id)?;
     let response = page(&state.db, &sender, &signed.nonce, &request).await?;
     state.metrics.sync_last_contact.with_label_values(&[sender.site_code.as_str()]).set(now);
     tracing::debug!(
@@ -89,11 +83,7 @@ async fn handle(
         more = response.more,
         "sync pull served"
     );
-    let body = tokio::task::spawn_blocking(move || encode_pull_response(&response))
-        .await
-        .map_err(|e| SyncError::internal(&e))?
-        .map_err(|e| SyncError::internal(&e))?;
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))], body).into_response())
+    super::codec_body_blocking(response, encode_pull_response).await
 }
 
 async fn page(
@@ -107,25 +97,7 @@ async fn page(
     })?;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let fresh = tx
-        .execute(
-            "INSERT INTO sync_nonces (device_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[sender.id.as_uuid(), &nonce],
-        )
-        .await?;
-    if fresh == 0 {
-        return Err(SyncError::rejected(
-            StatusCode::CONFLICT,
-            codes::REPLAYED_REQUEST,
-            "this request was already received (same nonce): sign each request anew",
-        ));
-    }
-    tx.query_opt(
-        "UPDATE devices SET last_contact = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id",
-        &[sender.id.as_uuid()],
-    )
-    .await?
-    .ok_or_else(revoked)?;
+    record_request(&tx, sender.id, nonce).await?;
     let budget = request.max_bytes.min(MAX_PAGE_BYTES);
     // `top` and the page in one statement: one snapshot. Of the entries
     // examined, only those starting within the budget are read out (the

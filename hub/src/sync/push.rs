@@ -68,8 +68,6 @@ use crate::AppState;
 
 /// A body may inflate to this many times the body limit.
 pub const INFLATE_FACTOR: usize = 8;
-/// Key of the advisory lock that orders `hub_seq` ("synclog!" in ASCII).
-const LOG_LOCK_KEY: i64 = 0x7379_6e63_6c6f_6721;
 
 pub fn router(max_body_bytes: usize) -> Router<AppState> {
     Router::new().route(PUSH_PATH, post(push).layer(DefaultBodyLimit::max(max_body_bytes)))
@@ -107,7 +105,7 @@ async fn push(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = handle(&state, &uri, &headers, body).await;
-    super::answer(&state.metrics.sync_push_requests, "push", &headers, result)
+    super::answer(Some(&state.metrics.sync_push_requests), "push", &headers, result)
 }
 
 async fn handle(
@@ -379,23 +377,11 @@ async fn store(
     let batch = &checked.request.batch;
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let fresh = tx
-        .execute(
-            "INSERT INTO sync_nonces (device_id, nonce) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[sender.id.as_uuid(), &nonce],
-        )
-        .await?;
-    if fresh == 0 {
-        return Err(SyncError::rejected(
-            StatusCode::CONFLICT,
-            codes::REPLAYED_REQUEST,
-            "this request was already received (same nonce): sign each request anew",
-        ));
-    }
+    super::record_nonce(&tx, sender.id, nonce).await?;
     let mut applied = 0;
     let mut conflicts_detected = 0;
     if !batch.is_empty() {
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK_KEY]).await?;
+        super::apply::lock_log(&tx).await?;
         let patients: Vec<uuid::Uuid> = batch.iter().map(|c| *c.patient_id.as_uuid()).collect();
         let bytes: Vec<&[u8]> = batch.iter().map(|c| c.change.as_slice()).collect();
         let inserted = tx

@@ -9,9 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use deadpool_postgres::Pool;
 use santerurale_server::tokens::{hash_token, random_token};
-use santerurale_server::web::{
-    DoubleSubmit, Lang, cookie, ct_eq, lang_cookie, looks_like_token, return_path, see_other, set_cookie,
-};
+use santerurale_server::web::{self, DoubleSubmit, Lang, ct_eq, see_other, session_hash, set_cookie};
 use santerurale_shared::UserId;
 
 use super::forms::{Fields, FormState, RawForm};
@@ -88,10 +86,9 @@ impl FromRequestParts<AppState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let mut page = Page { lang: lang_of(&parts.headers), ..Page::default() };
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE).filter(|t| looks_like_token(t)) else {
+        let Some(session_hash) = session_hash(&parts.headers, SESSION_COOKIE) else {
             return Err(see_other("/login", &[]));
         };
-        let session_hash = hash_token(token);
         match find_session(&state.db, &session_hash).await {
             Ok(Some(session)) => {
                 page.username.clone_from(&session.user.username);
@@ -143,7 +140,7 @@ impl FromRequestParts<AppState> for Anon {
             cookies: csrf.set_cookie.iter().cloned().collect(),
             ..Page::default()
         };
-        let old_session = cookie(headers, SESSION_COOKIE).filter(|t| looks_like_token(t)).map(hash_token);
+        let old_session = session_hash(headers, SESSION_COOKIE);
         Ok(Self { page, csrf, old_session })
     }
 }
@@ -200,8 +197,6 @@ pub async fn logout(State(state): State<AppState>, signed: Signed, raw: RawForm)
 /// `GET /lang/{fr|en}`: remembers the choice for a year and goes back to the
 /// page it was made on (when the `Referer` is a page of this site).
 pub async fn switch_lang(State(state): State<AppState>, Path(code): Path<String>, headers: HeaderMap) -> Response {
-    let Some(lang) = Lang::parse(&code) else {
-        return Page { lang: lang_of(&headers), ..Page::default() }.fail(Fail::NotFound).into_response();
-    };
-    see_other(&return_path(&headers), &[lang_cookie(LANG_COOKIE, lang.code(), https(&state.config))])
+    web::switch_lang(&code, &headers, LANG_COOKIE, https(&state.config))
+        .unwrap_or_else(|| Page { lang: lang_of(&headers), ..Page::default() }.fail(Fail::NotFound).into_response())
 }

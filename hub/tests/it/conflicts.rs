@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::edge_doc::{EdgeDoc, hub_doc, outbox, pull, push, values_of};
-use crate::support::{TestDevice, TestHub, count};
+use crate::support::{TestDevice, TestHub, count, village_edits};
 
 #[tokio::test]
 async fn concurrent_edits_of_a_field_open_one_conflict_that_a_later_edit_closes() {
@@ -171,15 +171,7 @@ async fn stored(hub: &TestHub, admin: &str, patient: santerurale_shared::Patient
 /// Kati and Siby (two sites) hold one patient and both changed `village`
 /// offline: one open conflict. Returns both copies and the conflict.
 async fn village_conflict(hub: &TestHub, admin: &str) -> (TestDevice, EdgeDoc, TestDevice, EdgeDoc, Value) {
-    let (kati, _) = TestDevice::enrolled(hub, admin, "KATI").await;
-    let (siby, _) = TestDevice::enrolled(hub, admin, "SIBY").await;
-    let (mut a, created) = EdgeDoc::register(kati.id, "Fatoumata", "Coulibaly", Some("+22376123456"));
-    push(hub, &kati, outbox(1, a.patient, std::slice::from_ref(&created))).await;
-    let mut b = EdgeDoc::on_device(siby.id, a.patient, std::slice::from_ref(&created));
-    let va = a.set("village", "Siby");
-    let vb = b.set("village", "Ouéléssébougou");
-    push(hub, &kati, outbox(2, a.patient, &[va])).await;
-    push(hub, &siby, outbox(1, b.patient, &[vb])).await;
+    let (kati, a, siby, b) = village_edits(hub, admin, Some("+22376123456")).await;
     let open = list(hub, admin, "open").await;
     assert_eq!(open.len(), 1, "{open:?}");
     (kati, a, siby, b, open[0].clone())

@@ -6,7 +6,7 @@ use automerge::transaction::Transactable as _;
 use automerge::{ActorId, AutoCommit, Change, ObjType, ROOT, ReadDoc as _, ScalarValue, Value};
 use santerurale_shared::sync::{
     OutboxChange, PROTOCOL_VERSION, PULL_PATH, PullRequest, PullResponse, SignedHeaders, decode_pull_response,
-    encode_pull, sign,
+    encode_pull,
 };
 use santerurale_shared::{DeviceId, EncounterId, PatientId};
 
@@ -186,24 +186,11 @@ pub fn pull_body(device: &TestDevice, cursor: u64, max_bytes: u32) -> Vec<u8> {
 }
 
 pub fn sign_pull(device: &TestDevice, body: &[u8]) -> SignedHeaders {
-    sign(
-        &device.key,
-        device.id,
-        "POST",
-        PULL_PATH,
-        body,
-        time::OffsetDateTime::now_utc().unix_timestamp(),
-        rand::random(),
-    )
+    device.sign_for(PULL_PATH, body)
 }
 
 pub async fn post_pull(hub: &TestHub, headers: &SignedHeaders, body: Vec<u8>) -> reqwest::Response {
-    let mut req =
-        hub.http.post(hub.url(PULL_PATH)).header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
-    for (name, value) in headers.to_pairs() {
-        req = req.header(name, value);
-    }
-    req.body(body).send().await.expect("send")
+    crate::support::post_sync(hub, PULL_PATH, headers, body).await
 }
 
 /// A signed pull that must succeed.
@@ -212,6 +199,18 @@ pub async fn pull(hub: &TestHub, device: &TestDevice, cursor: u64, max_bytes: u3
     let resp = post_pull(hub, &sign_pull(device, &body), body).await;
     assert_eq!(resp.status(), reqwest::StatusCode::OK);
     decode_pull_response(&resp.bytes().await.expect("body"), 64 << 20).expect("a PullResponse")
+}
+
+/// The `hub_seq`s of `patient`'s changes in the hub's log, in order.
+pub async fn hub_seqs(hub: &TestHub, patient: PatientId) -> Vec<u64> {
+    let client = hub.state.db.get().await.expect("conn");
+    client
+        .query("SELECT hub_seq FROM changes WHERE patient_id = $1 ORDER BY hub_seq", &[patient.as_uuid()])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| u64::try_from(r.get::<_, i64>(0)).expect("positive"))
+        .collect()
 }
 
 /// The heads of the hub's saved document of `patient`, sorted, and whether

@@ -14,23 +14,11 @@ use santerurale_shared::sync::{
 };
 use santerurale_shared::{PatientId, Sex};
 
-use crate::edge_doc::{EdgeDoc, outbox, pull, push};
-use crate::support::{TestDevice, TestHub, count, sync_error};
+use crate::edge_doc::{EdgeDoc, hub_seqs, outbox, pull, push};
+use crate::support::{TestDevice, TestHub, count, post_sync, sync_error};
 
 const ALL: u32 = 1 << 20;
 const PHONE: &str = "+22376123456";
-
-fn signed(device: &TestDevice, path: &str, body: &[u8]) -> SignedHeaders {
-    sign(&device.key, device.id, "POST", path, body, time::OffsetDateTime::now_utc().unix_timestamp(), rand::random())
-}
-
-async fn post(hub: &TestHub, path: &str, headers: &SignedHeaders, body: Vec<u8>) -> reqwest::Response {
-    let mut req = hub.http.post(hub.url(path)).header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
-    for (name, value) in headers.to_pairs() {
-        req = req.header(name, value);
-    }
-    req.body(body).send().await.expect("send")
-}
 
 fn lookup_body(device: &TestDevice, query: LookupQuery) -> Vec<u8> {
     encode_lookup(&LookupRequest { protocol: PROTOCOL_VERSION, device_id: device.id, query }).expect("encode")
@@ -44,7 +32,7 @@ fn fetch_body(device: &TestDevice, patient_id: PatientId, after: u64, max_bytes:
 /// A signed lookup that must succeed.
 async fn lookup(hub: &TestHub, device: &TestDevice, query: LookupQuery) -> LookupResponse {
     let body = lookup_body(device, query);
-    let resp = post(hub, LOOKUP_PATH, &signed(device, LOOKUP_PATH, &body), body).await;
+    let resp = post_sync(hub, LOOKUP_PATH, &device.sign_for(LOOKUP_PATH, &body), body).await;
     assert_eq!(resp.status(), StatusCode::OK);
     decode_lookup_response(&resp.bytes().await.expect("body"), 1 << 20).expect("a LookupResponse")
 }
@@ -52,20 +40,9 @@ async fn lookup(hub: &TestHub, device: &TestDevice, query: LookupQuery) -> Looku
 /// A signed fetch page that must succeed.
 async fn fetch(hub: &TestHub, device: &TestDevice, patient: PatientId, after: u64, max_bytes: u32) -> FetchResponse {
     let body = fetch_body(device, patient, after, max_bytes);
-    let resp = post(hub, FETCH_PATH, &signed(device, FETCH_PATH, &body), body).await;
+    let resp = post_sync(hub, FETCH_PATH, &device.sign_for(FETCH_PATH, &body), body).await;
     assert_eq!(resp.status(), StatusCode::OK);
     decode_fetch_response(&resp.bytes().await.expect("body"), 64 << 20).expect("a FetchResponse")
-}
-
-async fn hub_seqs(hub: &TestHub, patient: PatientId) -> Vec<u64> {
-    let client = hub.state.db.get().await.expect("conn");
-    client
-        .query("SELECT hub_seq FROM changes WHERE patient_id = $1 ORDER BY hub_seq", &[patient.as_uuid()])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| u64::try_from(r.get::<_, i64>(0)).expect("positive"))
-        .collect()
 }
 
 async fn holds(hub: &TestHub, site: &str, patient: PatientId) -> bool {
@@ -165,7 +142,7 @@ async fn refused(hub: &TestHub, path: &str, headers: &SignedHeaders, body: Vec<u
     for t in tables {
         before.push(count(hub, t).await);
     }
-    let (got, err) = sync_error(post(hub, path, headers, body).await).await;
+    let (got, err) = sync_error(post_sync(hub, path, headers, body).await).await;
     assert_eq!((got, err.code.as_str()), (status, code), "{}", err.message);
     let mut after = Vec::new();
     for t in tables {
@@ -187,27 +164,27 @@ async fn refused_lookups_and_fetches_store_nothing() {
 
     // A patient the hub never heard of.
     let unknown = fetch_body(&b, PatientId::new(), 0, ALL);
-    let h = signed(&b, FETCH_PATH, &unknown);
+    let h = b.sign_for(FETCH_PATH, &unknown);
     refused(&hub, FETCH_PATH, &h, unknown, StatusCode::NOT_FOUND, codes::UNKNOWN_PATIENT).await;
     // A phone that is not E.164.
     let bad = lookup_body(&b, LookupQuery::Phone("76 12 34 56".into()));
-    let h = signed(&b, LOOKUP_PATH, &bad);
+    let h = b.sign_for(LOOKUP_PATH, &bad);
     refused(&hub, LOOKUP_PATH, &h, bad, StatusCode::BAD_REQUEST, codes::INVALID_QUERY).await;
     // Signed for another path; signed by another key; naming another device.
     let body = fetch_body(&b, p.patient, 0, ALL);
-    let h = signed(&b, LOOKUP_PATH, &body);
+    let h = b.sign_for(LOOKUP_PATH, &body);
     refused(&hub, FETCH_PATH, &h, body.clone(), StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let forged = sign(&a.key, b.id, "POST", FETCH_PATH, &body, now, rand::random());
     refused(&hub, FETCH_PATH, &forged, body.clone(), StatusCode::UNAUTHORIZED, codes::BAD_SIGNATURE).await;
     let theirs = fetch_body(&a, p.patient, 0, ALL);
-    let h = signed(&b, FETCH_PATH, &theirs);
+    let h = b.sign_for(FETCH_PATH, &theirs);
     refused(&hub, FETCH_PATH, &h, theirs, StatusCode::FORBIDDEN, hub::sync::DEVICE_MISMATCH).await;
     assert!(!holds(&hub, &site_b, p.patient).await);
 
     // A replay of an accepted fetch.
-    let headers = signed(&b, FETCH_PATH, &body);
-    assert_eq!(post(&hub, FETCH_PATH, &headers, body.clone()).await.status(), StatusCode::OK);
+    let headers = b.sign_for(FETCH_PATH, &body);
+    assert_eq!(post_sync(&hub, FETCH_PATH, &headers, body.clone()).await.status(), StatusCode::OK);
     assert!(holds(&hub, &site_b, p.patient).await);
     client.execute("UPDATE devices SET last_contact = NULL", &[]).await.expect("reset");
     refused(&hub, FETCH_PATH, &headers, body.clone(), StatusCode::CONFLICT, codes::REPLAYED_REQUEST).await;
@@ -224,10 +201,10 @@ async fn refused_lookups_and_fetches_store_nothing() {
     assert_eq!(resp.status(), StatusCode::OK);
     client.execute("UPDATE devices SET last_contact = NULL", &[]).await.expect("reset");
     let body = lookup_body(&c, LookupQuery::Patient(p.patient));
-    let h = signed(&c, LOOKUP_PATH, &body);
+    let h = c.sign_for(LOOKUP_PATH, &body);
     refused(&hub, LOOKUP_PATH, &h, body, StatusCode::FORBIDDEN, codes::REVOKED_DEVICE).await;
     let body = fetch_body(&c, p.patient, 0, ALL);
-    let h = signed(&c, FETCH_PATH, &body);
+    let h = c.sign_for(FETCH_PATH, &body);
     refused(&hub, FETCH_PATH, &h, body, StatusCode::FORBIDDEN, codes::REVOKED_DEVICE).await;
     assert!(!holds(&hub, &site_c, p.patient).await);
 }
@@ -256,7 +233,7 @@ async fn a_fetch_reads_the_log_under_the_push_lock() {
     let fetching = {
         let (hub_url, http) = (hub.url(FETCH_PATH), hub.http.clone());
         let body = fetch_body(&b, p.patient, 0, ALL);
-        let headers = signed(&b, FETCH_PATH, &body);
+        let headers = b.sign_for(FETCH_PATH, &body);
         tokio::spawn(async move {
             let mut req = http.post(hub_url).header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
             for (name, value) in headers.to_pairs() {
@@ -322,7 +299,7 @@ async fn a_long_history_fits_one_page() {
 
     let body = fetch_body(&b, p.patient, 0, 256 * 1024);
     let started = std::time::Instant::now();
-    let resp = post(&hub, FETCH_PATH, &signed(&b, FETCH_PATH, &body), body).await;
+    let resp = post_sync(&hub, FETCH_PATH, &b.sign_for(FETCH_PATH, &body), body).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let wire = resp.bytes().await.expect("body");
     let elapsed = started.elapsed();

@@ -5,9 +5,8 @@
 use std::sync::OnceLock;
 
 use reqwest::{Method, StatusCode};
+use santerurale_fixtures::openapi::{Schemas, Untyped};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::support::{TestDevice, TestHub, create_site, enrollment_token, open_conflict};
 
@@ -36,9 +35,14 @@ const ROUTES: &[(&str, &str)] = &[
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// The hub's document; a schema without a type (a conflict's value) accepts any JSON.
+fn schemas() -> &'static Schemas {
+    static DOC: OnceLock<Schemas> = OnceLock::new();
+    DOC.get_or_init(|| Schemas::parse(hub::api::OPENAPI, Untyped::AcceptAny))
+}
+
 fn doc() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| serde_json::from_str(hub::api::OPENAPI).expect("openapi.json is JSON"))
+    schemas().doc()
 }
 
 #[tokio::test]
@@ -235,57 +239,9 @@ fn conforms_each(name: &str, values: &Value) {
     }
 }
 
-/// Checks `value` against `#/components/schemas/{name}`: every field
-/// documented, required fields present, types, nullability, enums, formats.
+/// Checks `value` against `#/components/schemas/{name}` (see
+/// [`santerurale_fixtures::openapi`]).
 #[track_caller]
 fn conforms(name: &str, value: &Value) {
-    check(&json!({ "$ref": format!("#/components/schemas/{name}") }), value, name);
-}
-
-fn check(schema: &Value, value: &Value, at: &str) {
-    if let Some(r) = schema["$ref"].as_str() {
-        let target = doc().pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("{at}: {r} does not resolve"));
-        return check(target, value, at);
-    }
-    if value.is_null() {
-        return assert_eq!(schema["nullable"], true, "{at} is null but not nullable");
-    }
-    // A schema without a type (a conflict's value) accepts any JSON.
-    let Some(ty) = schema["type"].as_str() else { return };
-    let ok = match ty {
-        "object" => value.is_object(),
-        "array" => value.is_array(),
-        "string" => value.is_string(),
-        "integer" => value.is_i64() || value.is_u64(),
-        "number" => value.is_number(),
-        "boolean" => value.is_boolean(),
-        other => panic!("{at}: unknown type {other}"),
-    };
-    assert!(ok, "{at}: {value} is not of type {ty}");
-    if let Some(choices) = schema["enum"].as_array() {
-        assert!(choices.contains(value), "{at}: {value} not in {choices:?}");
-    }
-    if let (Some(s), Some(format)) = (value.as_str(), schema["format"].as_str()) {
-        let ok = match format {
-            "date" => time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).is_ok(),
-            "date-time" => OffsetDateTime::parse(s, &Rfc3339).is_ok(),
-            "uuid" => s.len() == 36 && s.parse::<uuid::Uuid>().is_ok(),
-            _ => true,
-        };
-        assert!(ok, "{at}: {s:?} is not a {format}");
-    }
-    if let Some(object) = value.as_object() {
-        for key in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            assert!(object.contains_key(key), "{at}.{key} is missing");
-        }
-        if let Some(properties) = schema["properties"].as_object() {
-            for (key, v) in object {
-                let p = properties.get(key).unwrap_or_else(|| panic!("{at}.{key} is undocumented"));
-                check(p, v, &format!("{at}.{key}"));
-            }
-        }
-    }
-    for (i, item) in value.as_array().into_iter().flatten().enumerate() {
-        check(&schema["items"], item, &format!("{at}[{i}]"));
-    }
+    schemas().conforms(name, value);
 }

@@ -296,13 +296,18 @@ impl TestDevice {
         (device, site)
     }
 
-    /// Signature headers for `body`, now, with a fresh nonce.
+    /// Signature headers for a push of `body`, now, with a fresh nonce.
     pub fn sign(&self, body: &[u8]) -> santerurale_shared::sync::SignedHeaders {
+        self.sign_for(santerurale_shared::sync::PUSH_PATH, body)
+    }
+
+    /// Signature headers for a `POST` of `body` to `path`, now, with a fresh nonce.
+    pub fn sign_for(&self, path: &str, body: &[u8]) -> santerurale_shared::sync::SignedHeaders {
         santerurale_shared::sync::sign(
             &self.key,
             self.id,
             "POST",
-            santerurale_shared::sync::PUSH_PATH,
+            path,
             body,
             time::OffsetDateTime::now_utc().unix_timestamp(),
             rand::random(),
@@ -327,10 +332,17 @@ pub async fn post_push(
     headers: &santerurale_shared::sync::SignedHeaders,
     body: Vec<u8>,
 ) -> reqwest::Response {
-    let mut req = hub
-        .http
-        .post(hub.url(santerurale_shared::sync::PUSH_PATH))
-        .header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
+    post_sync(hub, santerurale_shared::sync::PUSH_PATH, headers, body).await
+}
+
+/// `POST` of a sync route `path` with `body` as sent and `headers`.
+pub async fn post_sync(
+    hub: &TestHub,
+    path: &str,
+    headers: &santerurale_shared::sync::SignedHeaders,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    let mut req = hub.http.post(hub.url(path)).header("content-type", santerurale_shared::sync::wire::CONTENT_TYPE);
     for (name, value) in headers.to_pairs() {
         req = req.header(name, value);
     }
@@ -387,15 +399,26 @@ pub fn patient_changes(device: &TestDevice, first_seq: u64, n: usize) -> Vec<san
 /// (`village`), pushed from both: one open conflict. Returns the patient and
 /// the two devices (Kati's, Siby's).
 pub async fn open_conflict(hub: &TestHub, admin: &str) -> (santerurale_shared::PatientId, TestDevice, TestDevice) {
+    let (kati, a, siby, _) = village_edits(hub, admin, None).await;
+    (a.patient, kati, siby)
+}
+
+/// What [`open_conflict`] does, for a patient with `phone`: returns each
+/// device with its copy of the document (Kati's, then Siby's).
+pub async fn village_edits(
+    hub: &TestHub,
+    admin: &str,
+    phone: Option<&str>,
+) -> (TestDevice, crate::edge_doc::EdgeDoc, TestDevice, crate::edge_doc::EdgeDoc) {
     use crate::edge_doc::{EdgeDoc, outbox, push};
     let (kati, _) = TestDevice::enrolled(hub, admin, "KATI").await;
     let (siby, _) = TestDevice::enrolled(hub, admin, "SIBY").await;
-    let (mut a, created) = EdgeDoc::register(kati.id, "Fatoumata", "Coulibaly", None);
+    let (mut a, created) = EdgeDoc::register(kati.id, "Fatoumata", "Coulibaly", phone);
     push(hub, &kati, outbox(1, a.patient, std::slice::from_ref(&created))).await;
     let mut b = EdgeDoc::on_device(siby.id, a.patient, std::slice::from_ref(&created));
     let va = a.set("village", "Siby");
     let vb = b.set("village", "Ouéléssébougou");
     push(hub, &kati, outbox(2, a.patient, &[va])).await;
     push(hub, &siby, outbox(1, b.patient, &[vb])).await;
-    (a.patient, kati, siby)
+    (kati, a, siby, b)
 }

@@ -6,21 +6,10 @@ use reqwest::StatusCode;
 use santerurale_shared::sync::wire::codes;
 use santerurale_shared::sync::{PULL_PATH, sign};
 
-use crate::edge_doc::{EdgeDoc, hub_heads, outbox, post_pull, pull, pull_body, push, sign_pull};
+use crate::edge_doc::{EdgeDoc, hub_heads, hub_seqs, outbox, post_pull, pull, pull_body, push, sign_pull};
 use crate::support::{TestDevice, TestHub, count, enrollment_token, sync_error};
 
 const ALL: u32 = 1 << 20;
-
-async fn hub_seqs(hub: &TestHub, patient: santerurale_shared::PatientId) -> Vec<u64> {
-    let client = hub.state.db.get().await.expect("conn");
-    client
-        .query("SELECT hub_seq FROM changes WHERE patient_id = $1 ORDER BY hub_seq", &[patient.as_uuid()])
-        .await
-        .expect("select")
-        .iter()
-        .map(|r| u64::try_from(r.get::<_, i64>(0)).expect("positive"))
-        .collect()
-}
 
 #[tokio::test]
 async fn sites_get_the_changes_of_the_patients_they_hold() {
