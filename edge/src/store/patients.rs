@@ -164,9 +164,13 @@ impl<'c> WriteTx<'c> {
         #[cfg(test)]
         self.store.check_fail_point(super::FailPoint::AfterDocument)?;
 
+        // The outbox keeps the change uncompressed: `bytes()` deflates each
+        // change over 256 B on its own, which leaves the batch's zstd frame
+        // almost nothing to share between changes (375 B per encounter on
+        // the wire against about 90 B raw; see the sync bench).
         self.tx.execute(
             "INSERT INTO outbox (patient_id, change_hash, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![pid, change.hash().to_string(), bytes, format_timestamp(now)],
+            params![pid, change.hash().to_string(), change.raw_bytes(), format_timestamp(now)],
         )?;
         #[cfg(test)]
         self.store.check_fail_point(super::FailPoint::AfterOutbox)?;

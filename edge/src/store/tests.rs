@@ -119,6 +119,12 @@ fn the_outbox_holds_every_change_in_order() {
     let owners: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
     let (a, b) = (a.id.to_string(), b.id.to_string());
     assert_eq!(owners, [a.clone(), b.clone(), a.clone(), b, a.clone()]);
+    // Each change is kept raw (not deflated alone), so that a batch's zstd
+    // frame compresses across changes.
+    for (seq, _, bytes) in &rows {
+        let change = automerge::Change::from_bytes(bytes.clone()).expect("a change");
+        assert_eq!(change.raw_bytes(), bytes.as_slice(), "outbox entry {seq} is not the raw change");
+    }
     // The outbox alone rebuilds each document: the hub will rely on this.
     let mut doc = automerge::AutoCommit::new();
     for (_, owner, bytes) in &rows {
