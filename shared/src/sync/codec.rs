@@ -1,4 +1,4 @@
-//! Body encoding: postcard, then one zstd frame (level 9).
+//! Body encoding: postcard, then one zstd frame (level 19 for pushes, 9 otherwise).
 //!
 //! Why postcard: the payload is mostly opaque Automerge change bytes, so what
 //! the format adds is framing, and postcard's framing is the smallest of the
@@ -18,8 +18,13 @@
 //! edge's outbox keeps them so), not each deflated alone. Level 9: on 3,000
 //! raw encounter changes of the fixtures, level 3 gave 89.5 B per encounter
 //! in 5.5 ms, level 9 82.9 B in 20 ms, level 19 77.0 B in 607 ms (debug
-//! test build, 2-core VM): level 9 takes most of level 19's gain for a
-//! fraction of a clinic box's CPU.
+//! test build, 2-core VM). Pushes use level 19 ([`PUSH_COMPRESSION_LEVEL`]):
+//! they cross the slowest, costliest link (a month's batch was 102.6 B per
+//! encounter at level 9 in the sync bench, against a 100 B target), an edge
+//! compresses a batch once, and a few hundred milliseconds of a clinic box's
+//! CPU per batch cost less than 7% more of a 2G uplink. Everything else (pull
+//! pages the hub compresses for every site, small answers) uses level 9,
+//! which takes most of level 19's gain for a fraction of the CPU.
 //!
 //! Decoding is bounded: the caller says how many bytes a body may inflate to,
 //! and a body that would inflate past it is refused as
@@ -34,10 +39,13 @@ use serde::de::DeserializeOwned;
 
 use super::wire::{PROTOCOL_VERSION, PullRequest, PullResponse, PushRequest, PushResponse};
 
-/// zstd level for every body.
+/// zstd level for every body but push requests.
 pub const COMPRESSION_LEVEL: i32 = 9;
 
-/// Largest decoder window accepted: 2^23 = 8 MiB. Level 9 never uses more
+/// zstd level for push request bodies (see the module docs for why).
+pub const PUSH_COMPRESSION_LEVEL: i32 = 19;
+
+/// Largest decoder window accepted: 2^23 = 8 MiB. Level 19 never uses more
 /// than that, and without a limit a crafted frame could make the decoder
 /// allocate 128 MiB (zstd's default maximum) before yielding a byte.
 pub const MAX_WINDOW_LOG: u32 = 23;
@@ -88,7 +96,7 @@ impl CodecError {
 
 /// Encode a push request body.
 pub fn encode_push(req: &PushRequest) -> Result<Vec<u8>, CodecError> {
-    encode(req, "push request")
+    encode_at(req, "push request", PUSH_COMPRESSION_LEVEL)
 }
 
 /// Decode a push request body, inflating to at most `max_decompressed` bytes.
@@ -132,12 +140,16 @@ pub fn decode_pull_response(body: &[u8], max_decompressed: usize) -> Result<Pull
     decode(&decompress(body, max_decompressed)?, "pull response")
 }
 
-fn encode<T: Serialize>(msg: &T, message: &'static str) -> Result<Vec<u8>, CodecError> {
-    let raw = postcard::to_allocvec(msg).map_err(|source| CodecError::Serialize { message, source })?;
-    zstd::bulk::compress(&raw, COMPRESSION_LEVEL).map_err(CodecError::Compress)
+pub(crate) fn encode<T: Serialize>(msg: &T, message: &'static str) -> Result<Vec<u8>, CodecError> {
+    encode_at(msg, message, COMPRESSION_LEVEL)
 }
 
-fn decode<T: DeserializeOwned>(raw: &[u8], message: &'static str) -> Result<T, CodecError> {
+fn encode_at<T: Serialize>(msg: &T, message: &'static str, level: i32) -> Result<Vec<u8>, CodecError> {
+    let raw = postcard::to_allocvec(msg).map_err(|source| CodecError::Serialize { message, source })?;
+    zstd::bulk::compress(&raw, level).map_err(CodecError::Compress)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(raw: &[u8], message: &'static str) -> Result<T, CodecError> {
     let (msg, rest) = postcard::take_from_bytes(raw).map_err(|source| CodecError::Deserialize { message, source })?;
     if rest.is_empty() { Ok(msg) } else { Err(CodecError::TrailingBytes { message, extra: rest.len() }) }
 }
@@ -145,7 +157,7 @@ fn decode<T: DeserializeOwned>(raw: &[u8], message: &'static str) -> Result<T, C
 /// Requests begin with their `u16` protocol version; read it alone first, so
 /// a newer edge talking to an older hub gets "unsupported protocol" rather
 /// than "malformed body".
-fn check_protocol(raw: &[u8], message: &'static str) -> Result<(), CodecError> {
+pub(crate) fn check_protocol(raw: &[u8], message: &'static str) -> Result<(), CodecError> {
     let (found, _) =
         postcard::take_from_bytes::<u16>(raw).map_err(|source| CodecError::Deserialize { message, source })?;
     if found == PROTOCOL_VERSION {

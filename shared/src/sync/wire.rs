@@ -224,11 +224,10 @@ pub mod codes {
 /// pull (postcard in one zstd frame; requests checked for their protocol
 /// version first; decoding bounded by the caller's limit).
 pub mod bodies {
-    use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    use super::{FetchRequest, FetchResponse, LookupRequest, LookupResponse, PROTOCOL_VERSION};
-    use crate::sync::codec::{COMPRESSION_LEVEL, CodecError, decompress};
+    use super::{FetchRequest, FetchResponse, LookupRequest, LookupResponse};
+    use crate::sync::codec::{CodecError, check_protocol, decode, decompress, encode};
 
     pub fn encode_lookup(req: &LookupRequest) -> Result<Vec<u8>, CodecError> {
         encode(req, "lookup request")
@@ -262,34 +261,19 @@ pub mod bodies {
         decode(&decompress(body, max_decompressed)?, "fetch response")
     }
 
-    fn encode<T: Serialize>(msg: &T, message: &'static str) -> Result<Vec<u8>, CodecError> {
-        let raw = postcard::to_allocvec(msg).map_err(|source| CodecError::Serialize { message, source })?;
-        zstd::bulk::compress(&raw, COMPRESSION_LEVEL).map_err(CodecError::Compress)
-    }
-
-    /// A request: its leading protocol version is read alone first, so an
+    /// A request: its leading protocol version is checked first, so an
     /// edge speaking another version hears "unsupported protocol".
     fn decode_request<T: DeserializeOwned>(body: &[u8], limit: usize, message: &'static str) -> Result<T, CodecError> {
         let raw = decompress(body, limit)?;
-        let (found, _) =
-            postcard::take_from_bytes::<u16>(&raw).map_err(|source| CodecError::Deserialize { message, source })?;
-        if found != PROTOCOL_VERSION {
-            return Err(CodecError::UnsupportedProtocol { found, supported: PROTOCOL_VERSION });
-        }
+        check_protocol(&raw, message)?;
         decode(&raw, message)
-    }
-
-    fn decode<T: DeserializeOwned>(raw: &[u8], message: &'static str) -> Result<T, CodecError> {
-        let (msg, rest) =
-            postcard::take_from_bytes(raw).map_err(|source| CodecError::Deserialize { message, source })?;
-        if rest.is_empty() { Ok(msg) } else { Err(CodecError::TrailingBytes { message, extra: rest.len() }) }
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
         use crate::ids::{DeviceId, PatientId};
-        use crate::sync::wire::{HubChange, LookupQuery, PatientSummary};
+        use crate::sync::wire::{HubChange, LookupQuery, PROTOCOL_VERSION, PatientSummary};
 
         #[test]
         fn lookup_and_fetch_round_trip() {
