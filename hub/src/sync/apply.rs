@@ -7,9 +7,19 @@
 //! 2. the batch's changes are applied at once (`apply_changes`, one call per
 //!    document, which is several times faster than one call per change);
 //! 3. the document is saved back and read (see [`super::document`]) into
-//!    `patients` and `encounters`, which are rewritten for that patient;
-//! 4. its fields are checked for concurrent writes ([`super::conflicts`]),
-//!    which open or close rows of `conflicts`.
+//!    `patients` (the row rewritten) and `encounters` (upserted: a row whose
+//!    values did not change is not written again);
+//! 4. the fields the new changes wrote, and those with an open conflict, are
+//!    checked for concurrent writes ([`super::conflicts::detect_in`]), which
+//!    open or close rows of `conflicts`. A field no change wrote cannot have
+//!    gained or lost a value; a new document, or one replayed from its log,
+//!    is checked whole.
+//!
+//! Each step takes one statement per table for the whole batch, and the
+//! CPU work (steps 1 to 4 in memory) runs off the async runtime. Where the
+//! time goes is logged at debug level (`sync apply timings`) and measured by
+//! `hub/benches/hub_ingest.rs`: reading documents key by key (`get`) was
+//! the costliest part of an apply, hence the single-pass reads.
 //!
 //! A change whose dependencies the hub has not received (an edge's older
 //! change still on its way through another site) stays in the `changes`
@@ -41,11 +51,11 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::SyncError;
-use super::conflicts::{self, Findings};
+use super::conflicts::{self, Findings, Scope};
 use super::document::{self, PatientRecord, ReadError};
 
 /// Key of the advisory lock that orders `hub_seq` ("synclog!" in ASCII).
-/// The same value as `push.rs`'s own copy: both must take the same lock.
+/// Every writer of the log takes it through [`lock_log`].
 const LOG_LOCK_KEY: i64 = 0x7379_6e63_6c6f_6721;
 
 /// Takes the log's advisory lock for the rest of `tx`: `hub_seq` values
@@ -120,6 +130,8 @@ async fn apply_from(tx: &Transaction<'_>, from: Provenance, new: Vec<(Uuid, Vec<
     if new.is_empty() {
         return Ok(0);
     }
+    let started = std::time::Instant::now();
+    let count = new.len();
     let mut batches: BTreeMap<Uuid, Vec<Vec<u8>>> = BTreeMap::new();
     for (patient, bytes) in new {
         batches.entry(patient).or_default().push(bytes);
@@ -149,35 +161,106 @@ async fn apply_from(tx: &Transaction<'_>, from: Provenance, new: Vec<(Uuid, Vec<
     }
 
     let mut open = conflicts::open_fields(tx, &ids).await?;
+    let loaded = started.elapsed();
 
-    let mut applied = tokio::task::spawn_blocking(move || {
-        batches
-            .into_iter()
-            .map(|(patient, changes)| {
-                apply_one(patient, saved.remove(&patient), changes, &open.remove(&patient).unwrap_or_default())
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| SyncError::internal(&e))?
-    .map_err(|e| SyncError::internal(&e))?;
+    let jobs: Vec<Job> = batches
+        .into_iter()
+        .map(|(patient, changes)| Job {
+            patient,
+            saved: saved.remove(&patient),
+            replayed: incomplete.contains(&patient),
+            changes,
+            was_open: open.remove(&patient).unwrap_or_default(),
+        })
+        .collect();
+    let mut applied = tokio::task::spawn_blocking(move || merge_all(jobs))
+        .await
+        .map_err(|e| SyncError::internal(&e))?
+        .map_err(|e| SyncError::internal(&e))?;
+    let merged = started.elapsed();
 
     write_documents(tx, &applied).await?;
+    let documents = started.elapsed();
     let records: Vec<&PatientRecord> = applied.iter().filter_map(|a| a.record.as_ref()).collect();
     write_patients(tx, from, &records).await?;
+    let patients = started.elapsed();
     write_encounters(tx, from, &records).await?;
+    let encounters = started.elapsed();
     let findings: Vec<(Uuid, Findings)> =
         applied.iter_mut().map(|a| (a.patient, std::mem::take(&mut a.conflicts))).collect();
-    conflicts::record(tx, &findings).await
+    let opened = conflicts::record(tx, &findings).await?;
+    // Cumulative milliseconds since the start of the apply, per step: where
+    // ingest time goes (see `hub/benches/hub_ingest.rs`).
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    tracing::debug!(
+        changes = count,
+        patients = applied.len(),
+        load_ms = ms(loaded),
+        merge_ms = ms(merged),
+        documents_ms = ms(documents),
+        patients_ms = ms(patients),
+        encounters_ms = ms(encounters),
+        total_ms = ms(started.elapsed()),
+        "sync apply timings"
+    );
+    Ok(opened)
 }
 
+/// One patient's part of an apply, for [`apply_one`].
+struct Job {
+    patient: Uuid,
+    saved: Option<Vec<u8>>,
+    replayed: bool,
+    changes: Vec<Vec<u8>>,
+    was_open: std::collections::BTreeSet<String>,
+}
+
+/// Fewest patients worth a thread of their own.
+const PATIENTS_PER_THREAD: usize = 64;
+
+/// Runs the jobs, in order, on up to one thread per core: documents are
+/// independent, and this is the CPU-bound part of a push (the database
+/// waits on it), so a large batch uses every core.
+fn merge_all(jobs: Vec<Job>) -> Result<Vec<Applied>, ApplyError> {
+    let run = |part: Vec<Job>| -> Result<Vec<Applied>, ApplyError> {
+        part.into_iter().map(|j| apply_one(j.patient, j.saved, j.replayed, j.changes, &j.was_open)).collect()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let threads = cores.min(jobs.len() / PATIENTS_PER_THREAD).max(1);
+    if threads == 1 {
+        return run(jobs);
+    }
+    let per = jobs.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = jobs;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts.into_iter().map(|part| scope.spawn(move || run(part))).collect();
+        let mut applied = Vec::new();
+        for handle in handles {
+            // A panic is passed on: the caller's task turns it into an error.
+            applied.extend(handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(applied)
+    })
+}
+
+/// Applies one patient's `changes` to its `saved` document; `replayed`
+/// when `changes` hold the patient's whole log (see the module docs).
 fn apply_one(
     patient: Uuid,
     saved: Option<Vec<u8>>,
+    replayed: bool,
     changes: Vec<Vec<u8>>,
     was_open: &std::collections::BTreeSet<String>,
 ) -> Result<Applied, ApplyError> {
     let fail = |source| ApplyError { patient, source: Box::new(source) };
+    let saved_doc = saved.is_some();
     let mut doc = match saved {
         Some(bytes) => AutoCommit::load(&bytes).map_err(fail)?,
         None => AutoCommit::new(),
@@ -185,6 +268,9 @@ fn apply_one(
     // Every change was decoded when the push was checked; one that no
     // longer decodes is skipped rather than blocking the patient.
     let changes: Vec<Change> = changes.into_iter().filter_map(|b| Change::from_bytes(b).ok()).collect();
+    // Only the fields these changes write can have gained or lost a value;
+    // a document new here or rebuilt from its log is checked whole.
+    let scope = if saved_doc && !replayed { Scope::of(&changes) } else { Scope::everything() };
     doc.apply_changes(changes).map_err(fail)?;
     let incomplete = !doc.get_missing_deps(&[]).is_empty();
     let record = match document::read(&doc) {
@@ -199,7 +285,7 @@ fn apply_one(
             None
         }
     };
-    let conflicts = conflicts::detect(&doc, was_open);
+    let conflicts = conflicts::detect_in(&doc, was_open, &scope);
     Ok(Applied { patient, doc: doc.save(), incomplete, record, conflicts })
 }
 
@@ -322,16 +408,19 @@ struct PatientColumns<'a> {
     phone_digits: Vec<Option<&'a str>>,
 }
 
-/// Rewrites the encounters of these patients. Encounters are only ever
-/// added, so rewriting is simple; an encounter's site is its device's (the
-/// pushing site when the hub does not know the device; for a hub-authored
-/// change, the patient's).
+/// Upserts the encounters of these patients. Encounters are only ever
+/// added (never removed from a document), so an upsert keeps the table equal
+/// to the documents; a row whose values did not change is left alone (no
+/// new row version, no index or WAL write), which is most of them when a
+/// patient with a long history gets one new consultation. An encounter's
+/// site and device are set when it is first written: its device is the
+/// actor that created it (the patient's last device when that actor is not
+/// a device), its site that device's (the pushing site when the hub does not
+/// know the device; for a hub-authored change, the patient's).
 async fn write_encounters(tx: &Transaction<'_>, from: Provenance, records: &[&PatientRecord]) -> Result<(), SyncError> {
     if records.is_empty() {
         return Ok(());
     }
-    let patients: Vec<Uuid> = records.iter().map(|r| *r.id.as_uuid()).collect();
-    tx.execute("DELETE FROM encounters WHERE patient_id = ANY($1)", &[&patients]).await?;
     let mut c = EncounterColumns::default();
     for r in records {
         for e in &r.encounters {
@@ -358,7 +447,8 @@ async fn write_encounters(tx: &Transaction<'_>, from: Provenance, records: &[&Pa
         return Ok(());
     }
     // An encounter id found in two documents (never made by an edge) keeps
-    // its first copy rather than failing the push forever.
+    // its first copy rather than failing the push forever: the update only
+    // touches a row of the same patient.
     tx.execute(
         "INSERT INTO encounters (id, patient_id, site_id, device_id, date, kind, complaint, diagnosis, icd10,
                                  weight_kg, temperature_c, bp_systolic, bp_diastolic, notes, clinician,
@@ -376,7 +466,20 @@ async fn write_encounters(tx: &Transaction<'_>, from: Provenance, records: &[&Pa
                    bp_systolic, bp_diastolic, notes, clinician, age_group, recorded_at),
               patients p
          WHERE p.id = t.patient_id
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT (id) DO UPDATE SET
+             date = EXCLUDED.date, kind = EXCLUDED.kind, complaint = EXCLUDED.complaint,
+             diagnosis = EXCLUDED.diagnosis, icd10 = EXCLUDED.icd10, weight_kg = EXCLUDED.weight_kg,
+             temperature_c = EXCLUDED.temperature_c, bp_systolic = EXCLUDED.bp_systolic,
+             bp_diastolic = EXCLUDED.bp_diastolic, notes = EXCLUDED.notes, clinician = EXCLUDED.clinician,
+             age_group = EXCLUDED.age_group, recorded_at = EXCLUDED.recorded_at
+         WHERE encounters.patient_id = EXCLUDED.patient_id
+           AND (encounters.date, encounters.kind, encounters.complaint, encounters.diagnosis, encounters.icd10,
+                encounters.weight_kg, encounters.temperature_c, encounters.bp_systolic, encounters.bp_diastolic,
+                encounters.notes, encounters.clinician, encounters.age_group, encounters.recorded_at)
+               IS DISTINCT FROM
+               (EXCLUDED.date, EXCLUDED.kind, EXCLUDED.complaint, EXCLUDED.diagnosis, EXCLUDED.icd10,
+                EXCLUDED.weight_kg, EXCLUDED.temperature_c, EXCLUDED.bp_systolic, EXCLUDED.bp_diastolic,
+                EXCLUDED.notes, EXCLUDED.clinician, EXCLUDED.age_group, EXCLUDED.recorded_at)",
         &[
             &from.site(),
             &c.id,
@@ -420,4 +523,37 @@ struct EncounterColumns<'a> {
     clinician: Vec<&'a str>,
     age_group: Vec<&'static str>,
     recorded_at: Vec<OffsetDateTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable as _;
+    use automerge::{ActorId, ROOT, ReadDoc as _};
+
+    use super::*;
+
+    /// A batch large enough for several threads comes back whole and in
+    /// order, each document holding its own change.
+    #[test]
+    fn a_large_batch_is_merged_in_order_on_several_threads() {
+        let jobs: Vec<Job> = (0..PATIENTS_PER_THREAD * 3 + 5)
+            .map(|i| {
+                let patient = Uuid::now_v7();
+                let mut doc = AutoCommit::new().with_actor(ActorId::from(patient.as_bytes().as_slice()));
+                doc.put(ROOT, "village", format!("village {i}")).expect("put");
+                doc.commit();
+                let change = doc.get_last_local_change().expect("change").raw_bytes().to_vec();
+                Job { patient, saved: None, replayed: false, changes: vec![change], was_open: Default::default() }
+            })
+            .collect();
+        let patients: Vec<Uuid> = jobs.iter().map(|j| j.patient).collect();
+        let applied = merge_all(jobs).expect("merged");
+        assert_eq!(applied.iter().map(|a| a.patient).collect::<Vec<_>>(), patients);
+        for (i, a) in applied.iter().enumerate() {
+            let doc = AutoCommit::load(&a.doc).expect("load");
+            let village = doc.get(ROOT, "village").expect("get").map(|(v, _)| v.to_string());
+            assert_eq!(village.as_deref(), Some(format!("\"village {i}\"").as_str()));
+            assert!(!a.incomplete);
+        }
+    }
 }

@@ -15,10 +15,11 @@
 //! log then carries to every site holding the patient (see
 //! [`crate::conflicts`] for the transaction around it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use automerge::legacy::{Key, ObjectId as LegacyObj, OpId};
 use automerge::transaction::{CommitOptions, Transactable as _};
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, AutoCommit, Change, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef};
 use serde_json::{Value as Json, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -59,25 +60,89 @@ pub struct Findings {
     pub settled: Vec<(String, Json)>,
 }
 
-/// Checks `doc`; `was_open` are the fields with an open conflict before.
-pub fn detect(doc: &AutoCommit, was_open: &BTreeSet<String>) -> Findings {
-    let mut findings = Findings::default();
-    let mut check = |obj: &ObjId, key: &str, field: String| match field_values(doc, obj, key) {
-        Some(Ok(values)) => findings.open.push(FieldConflict { field, values }),
-        Some(Err(single)) if was_open.contains(&field) => findings.settled.push((field, single)),
-        _ => {}
-    };
-    for key in DEMOGRAPHIC_KEYS {
-        check(&ROOT, key, (*key).to_owned());
+/// Where changes applied to a document wrote: the root keys, and the
+/// objects (maps) they wrote keys of, named by the operation that created
+/// them. A field's set of values (`get_all`) changes only when an operation
+/// writes its key, so a field no change wrote keeps the conflict state it
+/// had: only written fields, and fields with an open conflict, need a look.
+#[derive(Debug, Default)]
+pub struct Scope {
+    everything: bool,
+    root: BTreeSet<String>,
+    objects: HashSet<(u64, Vec<u8>)>,
+}
+
+impl Scope {
+    /// Every field (a new document, or one rebuilt from its whole log).
+    #[must_use]
+    pub fn everything() -> Self {
+        Self { everything: true, ..Self::default() }
     }
-    if let Ok(Some((Value::Object(ObjType::Map), encounters))) = doc.get(ROOT, "encounters") {
-        for id in doc.keys(&encounters) {
-            let Ok(Some((Value::Object(ObjType::Map), e))) = doc.get(&encounters, id.as_str()) else {
-                continue;
-            };
-            for key in doc.keys(&e) {
-                check(&e, &key, format!("encounters.{id}.{key}"));
+
+    /// The fields these changes write.
+    #[must_use]
+    pub fn of(changes: &[Change]) -> Self {
+        let mut scope = Self::default();
+        for change in changes {
+            for op in change.decode().operations {
+                match (op.obj, op.key) {
+                    (LegacyObj::Root, Key::Map(key)) => {
+                        scope.root.insert(key.to_string());
+                    }
+                    (LegacyObj::Id(OpId(counter, actor)), _) => {
+                        scope.objects.insert((counter, actor.to_bytes().to_vec()));
+                    }
+                    (LegacyObj::Root, Key::Seq(_)) => {}
+                }
             }
+        }
+        scope
+    }
+
+    fn root_key(&self, key: &str) -> bool {
+        self.everything || self.root.contains(key)
+    }
+
+    fn object(&self, obj: &ObjId) -> bool {
+        self.everything
+            || match obj {
+                ObjId::Id(counter, actor, _) => self.objects.contains(&(*counter, actor.to_bytes().to_vec())),
+                ObjId::Root => false,
+            }
+    }
+}
+
+/// Checks every field of `doc`; `was_open` are the fields with an open
+/// conflict before.
+pub fn detect(doc: &AutoCommit, was_open: &BTreeSet<String>) -> Findings {
+    detect_in(doc, was_open, &Scope::everything())
+}
+
+/// Checks the fields of `doc` in `scope` and those in `was_open`: the same
+/// findings as [`detect`] when `scope` holds every change applied since the
+/// last check (see [`Scope`]).
+pub fn detect_in(doc: &AutoCommit, was_open: &BTreeSet<String>, scope: &Scope) -> Findings {
+    let mut findings = Findings::default();
+    let root = |key: &str| {
+        (DEMOGRAPHIC_KEYS.contains(&key) && (scope.root_key(key) || was_open.contains(key))).then(|| key.to_owned())
+    };
+    scan(doc, &ROOT, root, was_open, &mut findings);
+    if let Ok(Some((Value::Object(ObjType::Map), encounters))) = doc.get(ROOT, "encounters") {
+        for item in doc.map_range(&encounters, ..) {
+            if !matches!(item.value, ValueRef::Object(ObjType::Map)) {
+                continue;
+            }
+            let e = item.id();
+            let prefix = format!("encounters.{}.", item.key);
+            let written = scope.object(&e);
+            if !written && !was_open.iter().any(|f| f.starts_with(&prefix)) {
+                continue;
+            }
+            let wanted = |key: &str| {
+                let field = format!("{prefix}{key}");
+                (written || was_open.contains(&field)).then_some(field)
+            };
+            scan(doc, &e, wanted, was_open, &mut findings);
         }
     }
     // An open conflict on a field that no longer exists (not expected) is
@@ -88,6 +153,28 @@ pub fn detect(doc: &AutoCommit, was_open: &BTreeSet<String>) -> Findings {
         }
     }
     findings
+}
+
+/// Checks the keys of the map `obj` that `wanted` names a field for, in one
+/// pass (`map_range` flags a key with several values; a `get_all` per key
+/// would walk the document's operations each time).
+fn scan(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    wanted: impl Fn(&str) -> Option<String>,
+    was_open: &BTreeSet<String>,
+    findings: &mut Findings,
+) {
+    for item in doc.map_range(obj, ..) {
+        let Some(field) = wanted(&item.key) else { continue };
+        if item.conflict {
+            if let Some(Ok(values)) = field_values(doc, obj, &item.key) {
+                findings.open.push(FieldConflict { field, values });
+            }
+        } else if was_open.contains(&field) {
+            findings.settled.push((field, to_json(&item.value.into_value())));
+        }
+    }
 }
 
 /// `Some(Ok(values))` when `key` holds several values, `Some(Err(value))`
@@ -348,6 +435,45 @@ mod tests {
         let found = detect(&a, &BTreeSet::new());
         let fields: Vec<&str> = found.open.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(fields, ["encounters.e1.diagnosis"]);
+    }
+
+    #[test]
+    fn a_check_scoped_to_the_written_fields_finds_what_a_full_check_finds() {
+        let fields = |f: &Findings| f.open.iter().map(|c| c.field.clone()).collect::<Vec<_>>();
+        let mut a = AutoCommit::new().with_actor(ActorId::from(Uuid::now_v7().as_bytes().as_slice()));
+        a.put(ROOT, "village", "Kati").expect("put");
+        let encounters = a.put_object(ROOT, "encounters", ObjType::Map).expect("put");
+        let e = a.put_object(&encounters, "e1", ObjType::Map).expect("put");
+        a.put(&e, "diagnosis", "paludisme").expect("put");
+        a.commit();
+        let mut b = a.fork().with_actor(ActorId::from(Uuid::now_v7().as_bytes().as_slice()));
+        a.put(ROOT, "village", "Siby").expect("put");
+        a.put(&e, "diagnosis", "grippe").expect("put");
+        a.commit();
+        b.put(ROOT, "village", "Kita").expect("put");
+        b.put(&e, "diagnosis", "dengue").expect("put");
+        b.commit();
+        let change = b.get_last_local_change().expect("change");
+        let scope = Scope::of(std::slice::from_ref(&change));
+        a.apply_changes([change]).expect("apply");
+        let none = BTreeSet::new();
+        assert_eq!(fields(&detect(&a, &none)), ["village", "encounters.e1.diagnosis"]);
+        assert_eq!(fields(&detect_in(&a, &none, &scope)), ["village", "encounters.e1.diagnosis"]);
+
+        // A later change writes another field only: what it wrote and what
+        // was open are checked, nothing else.
+        a.put(ROOT, "phone", "+22376000001").expect("put");
+        a.commit();
+        let scope = Scope::of(&[a.get_last_local_change().expect("change")]);
+        let open = BTreeSet::from(["village".to_owned()]);
+        assert_eq!(fields(&detect_in(&a, &open, &scope)), ["village"]);
+        // Settling a field is seen through the open set.
+        a.put(ROOT, "village", "Kati").expect("put");
+        a.commit();
+        let scope = Scope::of(&[a.get_last_local_change().expect("change")]);
+        let found = detect_in(&a, &open, &scope);
+        assert!(found.open.is_empty(), "{found:?}");
+        assert_eq!(found.settled, [("village".to_owned(), json!("Kati"))]);
     }
 
     /// A full patient document (the edge's layout) with one encounter, and

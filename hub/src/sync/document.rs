@@ -14,7 +14,7 @@
 //! for it with the edge's own rules (`santerurale_shared`), so the hub never
 //! writes a value an edge would have refused from a form.
 
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, ValueRef};
 use santerurale_shared::patient::format_date;
 use santerurale_shared::{
     AgeGroup, DeviceId, Encounter, EncounterDraft, EncounterId, EncounterKind, PatientFields, PatientId, Phone, Sex,
@@ -50,42 +50,38 @@ pub struct PatientRecord {
 }
 
 pub fn read(doc: &AutoCommit) -> Result<PatientRecord, ReadError> {
-    let r = Reader { doc };
-    let id: PatientId = r.string(&ROOT, "id")?.parse().map_err(|_| ReadError::Malformed("id".into()))?;
-    let sex = Sex::parse(&r.string(&ROOT, "sex")?).ok_or_else(|| ReadError::Malformed("sex".into()))?;
-    let birth_date = parse_date(&r.string(&ROOT, "birth_date")?).ok_or_else(|| malformed("birth_date"))?;
+    let r = Map::of(doc, &ROOT);
+    let id: PatientId = r.string("id")?.parse().map_err(|_| ReadError::Malformed("id".into()))?;
+    let sex = Sex::parse(&r.string("sex")?).ok_or_else(|| ReadError::Malformed("sex".into()))?;
+    let birth_date = parse_date(&r.string("birth_date")?).ok_or_else(|| malformed("birth_date"))?;
     let fields = PatientFields {
-        given_name: r.string(&ROOT, "given_name")?,
-        family_name: r.string(&ROOT, "family_name")?,
+        given_name: r.string("given_name")?,
+        family_name: r.string("family_name")?,
         sex,
         birth_date,
-        birth_date_estimated: r.bool(&ROOT, "birth_date_estimated")?,
-        phone: r
-            .opt_string(&ROOT, "phone")?
-            .map(|p| Phone::from_e164(&p))
-            .transpose()
-            .map_err(|_| malformed("phone"))?,
-        village: r.opt_string(&ROOT, "village")?.unwrap_or_default(),
-        national_id: r.opt_string(&ROOT, "national_id")?,
-        whatsapp_consent: r.bool(&ROOT, "whatsapp_consent")?,
+        birth_date_estimated: r.bool("birth_date_estimated"),
+        phone: r.opt_string("phone").map(|p| Phone::from_e164(&p)).transpose().map_err(|_| malformed("phone"))?,
+        village: r.opt_string("village").unwrap_or_default(),
+        national_id: r.opt_string("national_id"),
+        whatsapp_consent: r.bool("whatsapp_consent"),
         whatsapp_consent_date: r
-            .opt_string(&ROOT, "whatsapp_consent_date")?
+            .opt_string("whatsapp_consent_date")
             .map(|s| parse_date(&s).ok_or_else(|| malformed("whatsapp_consent_date")))
             .transpose()?,
     };
-    let created_at = parse_timestamp(&r.string(&ROOT, "created_at")?).ok_or_else(|| malformed("created_at"))?;
-    let updated_at = r.opt_string(&ROOT, "updated_at")?.and_then(|s| parse_timestamp(&s)).unwrap_or(created_at);
+    let created_at = parse_timestamp(&r.string("created_at")?).ok_or_else(|| malformed("created_at"))?;
+    let updated_at = r.opt_string("updated_at").and_then(|s| parse_timestamp(&s)).unwrap_or(created_at);
     let mut encounters = Vec::new();
-    if let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, "encounters")? {
-        for key in doc.keys(&obj) {
-            let Some((Value::Object(ObjType::Map), e)) = doc.get(&obj, key.as_str())? else {
+    if let Some(obj) = r.map("encounters") {
+        for (key, value) in &Map::of(doc, obj).entries {
+            let Entry::Map(e) = value else {
                 return Err(malformed(&format!("encounter {key}")));
             };
-            let device = match &e {
+            let device = match e {
                 ObjId::Id(_, actor, _) => device_of(actor),
                 ObjId::Root => None,
             };
-            encounters.push(DocEncounter { encounter: r.encounter(&key, &e, birth_date)?, device });
+            encounters.push(DocEncounter { encounter: Map::of(doc, e).encounter(key, birth_date)?, device });
         }
     }
     Ok(PatientRecord { id, fields, created_at, updated_at, encounters })
@@ -108,41 +104,78 @@ fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
-struct Reader<'a> {
-    doc: &'a AutoCommit,
+/// One value of a map, as `get` would return it (Automerge's winner).
+enum Entry {
+    Scalar(ScalarValue),
+    Map(ObjId),
+    /// A list or text: never in the edge's layout.
+    Other,
 }
 
-impl Reader<'_> {
-    fn scalar(&self, obj: &ObjId, key: &str) -> Result<Option<ScalarValue>, ReadError> {
-        Ok(match self.doc.get(obj, key)? {
-            Some((Value::Scalar(s), _)) => Some(s.into_owned()),
-            _ => None,
-        })
+/// Every key of one map, read in a single pass (`map_range`): a `get` per
+/// key walks the document's operations each time, which made reading the
+/// projection the costliest step of an apply.
+struct Map {
+    entries: std::collections::BTreeMap<String, Entry>,
+}
+
+impl Map {
+    fn of(doc: &AutoCommit, obj: &ObjId) -> Self {
+        let entries = doc
+            .map_range(obj, ..)
+            .map(|item| {
+                let key = item.key.to_string();
+                let value = if let ValueRef::Object(t) = &item.value {
+                    if *t == ObjType::Map { Entry::Map(item.id()) } else { Entry::Other }
+                } else {
+                    match item.value.into_value() {
+                        Value::Scalar(s) => Entry::Scalar(s.into_owned()),
+                        Value::Object(_) => Entry::Other,
+                    }
+                };
+                (key, value)
+            })
+            .collect();
+        Self { entries }
     }
 
-    fn opt_string(&self, obj: &ObjId, key: &str) -> Result<Option<String>, ReadError> {
-        Ok(self.scalar(obj, key)?.and_then(|s| s.as_str().map(str::to_owned)))
+    fn scalar(&self, key: &str) -> Option<&ScalarValue> {
+        match self.entries.get(key)? {
+            Entry::Scalar(s) => Some(s),
+            Entry::Map(_) | Entry::Other => None,
+        }
     }
 
-    fn string(&self, obj: &ObjId, key: &'static str) -> Result<String, ReadError> {
-        self.opt_string(obj, key)?.ok_or(ReadError::Incomplete(key))
+    fn map(&self, key: &str) -> Option<&ObjId> {
+        match self.entries.get(key)? {
+            Entry::Map(obj) => Some(obj),
+            Entry::Scalar(_) | Entry::Other => None,
+        }
     }
 
-    fn bool(&self, obj: &ObjId, key: &str) -> Result<bool, ReadError> {
-        Ok(matches!(self.scalar(obj, key)?, Some(ScalarValue::Boolean(true))))
+    fn opt_string(&self, key: &str) -> Option<String> {
+        self.scalar(key).and_then(|s| s.as_str().map(str::to_owned))
     }
 
-    fn f64(&self, obj: &ObjId, key: &str) -> Result<Option<f64>, ReadError> {
-        Ok(self.scalar(obj, key)?.and_then(|s| s.as_f64()))
+    fn string(&self, key: &'static str) -> Result<String, ReadError> {
+        self.opt_string(key).ok_or(ReadError::Incomplete(key))
     }
 
-    fn u16(&self, obj: &ObjId, key: &str) -> Result<Option<u16>, ReadError> {
-        Ok(self.scalar(obj, key)?.and_then(|s| s.as_u64()).and_then(|v| u16::try_from(v).ok()))
+    fn bool(&self, key: &str) -> bool {
+        matches!(self.scalar(key), Some(ScalarValue::Boolean(true)))
     }
 
-    fn encounter(&self, key: &str, e: &ObjId, birth_date: Date) -> Result<Encounter, ReadError> {
+    fn f64(&self, key: &str) -> Option<f64> {
+        self.scalar(key).and_then(ScalarValue::as_f64)
+    }
+
+    fn u16(&self, key: &str) -> Option<u16> {
+        self.scalar(key).and_then(ScalarValue::as_u64).and_then(|v| u16::try_from(v).ok())
+    }
+
+    fn encounter(&self, key: &str, birth_date: Date) -> Result<Encounter, ReadError> {
         let bad = |k: &str| malformed(&format!("encounter {key}: {k}"));
-        let text = |k: &'static str| self.string(e, k);
+        let text = |k: &'static str| self.string(k);
         let date = parse_date(&text("date")?).ok_or_else(|| bad("date"))?;
         Ok(Encounter {
             id: key.parse().map_err(|_| bad("id"))?,
@@ -150,11 +183,11 @@ impl Reader<'_> {
             kind: EncounterKind::parse(&text("kind")?).ok_or_else(|| bad("kind"))?,
             complaint: text("complaint")?,
             diagnosis: text("diagnosis")?,
-            icd10: self.opt_string(e, "icd10")?,
-            weight_kg: self.f64(e, "weight_kg")?,
-            temperature_c: self.f64(e, "temperature_c")?,
-            bp_systolic: self.u16(e, "bp_systolic")?,
-            bp_diastolic: self.u16(e, "bp_diastolic")?,
+            icd10: self.opt_string("icd10"),
+            weight_kg: self.f64("weight_kg"),
+            temperature_c: self.f64("temperature_c"),
+            bp_systolic: self.u16("bp_systolic"),
+            bp_diastolic: self.u16("bp_diastolic"),
             notes: text("notes")?,
             clinician: text("clinician")?,
             age_group: AgeGroup::at(birth_date, date),
