@@ -322,10 +322,13 @@ async fn until_kill_point(kill: Kill, link: &LinkSimulator, db: &Path, sync: &mu
     }
 }
 
-/// Upload rate of the pushing edge's link in the hub-kill scenario.
-const UPLOAD_BITS_PER_SEC: u64 = 2_000_000;
-/// About what one pushed change costs on the wire, to draw upload kill points.
-const UPLOAD_BYTES_PER_CHANGE: u64 = 150;
+/// Upload rate of the pushing edge's link in the hub-kill scenario: slow
+/// enough that a push of a few hundred changes (tens of KB once compressed)
+/// is in flight for a second or more.
+const UPLOAD_BITS_PER_SEC: u64 = 256_000;
+/// A little less than what one pushed change costs on the wire (about
+/// 100 B in the sync bench), so that upload kill points fall inside the push.
+const UPLOAD_BYTES_PER_CHANGE: u64 = 80;
 
 /// Polls until `threshold` bytes have gone up the link (true) or `sync` ended (false).
 async fn until_bytes_up(link: &LinkSimulator, sync: &mut CliChild, threshold: u64) -> anyhow::Result<bool> {
@@ -404,9 +407,10 @@ async fn the_hub_killed_mid_push_loses_and_duplicates_nothing() -> anyhow::Resul
         let metrics = hub.metrics_api()?;
         let before = metric_value(&metrics.text("/metrics").await?, "sync_changes_applied_total", "");
         let pending = read_outbox(&writer.dir.db_path())?.values().filter(|r| !r.acked).count();
-        // Half the time once the hub committed a batch, else once a random
-        // share of the upload went through (the hub holds half a request).
-        let by_bytes = rng.random_bool(0.5);
+        // Mostly once a random share of the upload went through (the hub
+        // holds half a request), else once the hub committed a batch (which
+        // lands mid-push only when the push takes several batches).
+        let by_bytes = rng.random_bool(0.75);
         let sent_before = up_link.stats().bytes_up;
         let threshold =
             sent_before + rng.random_range(1_000..=1_000 + u64::try_from(pending)? * UPLOAD_BYTES_PER_CHANGE);
