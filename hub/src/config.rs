@@ -51,6 +51,88 @@ pub struct Config {
     /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating
     /// proxy). Without it, and without a certificate, `hub serve` refuses.
     pub insecure_http: bool,
+    /// The national DHIS2 the monthly exports go to (`[dhis2]` in the file).
+    pub dhis2: Dhis2Config,
+}
+
+/// Connection to DHIS2 and how exports run (issue 4). Environment:
+/// `HUB_DHIS2_URL`, `HUB_DHIS2_USERNAME` + `HUB_DHIS2_PASSWORD` or
+/// `HUB_DHIS2_TOKEN`, `HUB_DHIS2_MAPPING`, `HUB_DHIS2_SCHEDULE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dhis2Config {
+    /// Base URL of the DHIS2 instance, e.g. `https://dhis2.example.org`
+    /// (the Web API is under `/api`). Exports fail with a clear error while
+    /// it is unset.
+    pub url: Option<String>,
+    /// Basic authentication (with `password`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A personal access token (`d2pat_...`), sent as `Authorization: ApiToken`.
+    pub token: Option<Secret>,
+    /// PEM file of the authorities to trust for an `https://` DHIS2 instead
+    /// of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The mapping file (TOML or JSON); the shipped default when unset. A
+    /// mapping saved through the admin UI or API wins over it.
+    pub mapping_file: Option<PathBuf>,
+    /// When the previous month is exported for every site: a cron expression
+    /// with seconds (`sec min hour day-of-month month day-of-week`, UTC), or
+    /// `off`. Default: the 2nd of each month at 02:00.
+    pub schedule: String,
+    /// A DHIS2 request taking longer than this is a failed, retried attempt.
+    pub request_timeout_seconds: u64,
+    /// Attempts of a job before it is marked failed (network errors,
+    /// timeouts and 5xx only; other answers are final at once).
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles each time up to
+    /// `retry_max_seconds`.
+    pub retry_base_seconds: u64,
+    pub retry_max_seconds: u64,
+    /// How long a worker holds a job; a job still `running` after its lease
+    /// belongs to a hub that stopped mid-job and is taken up again.
+    pub lease_seconds: u64,
+    /// How often the worker looks for due jobs (it is also woken when a job
+    /// is created by this hub).
+    pub poll_seconds: u64,
+}
+
+impl Default for Dhis2Config {
+    fn default() -> Self {
+        Self {
+            url: None,
+            username: None,
+            password: None,
+            token: None,
+            ca_file: None,
+            mapping_file: None,
+            schedule: "0 0 2 2 * *".into(),
+            request_timeout_seconds: 120,
+            max_attempts: 6,
+            retry_base_seconds: 60,
+            retry_max_seconds: 3600,
+            lease_seconds: 600,
+            poll_seconds: 15,
+        }
+    }
+}
+
+/// A password or token: `Debug` and `hub print-config` show `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// How `hub serve` speaks to its clients.
@@ -82,6 +164,7 @@ impl Default for Config {
             tls_cert_file: None,
             tls_key_file: None,
             insecure_http: false,
+            dhis2: Dhis2Config::default(),
         }
     }
 }
@@ -151,6 +234,38 @@ pub struct Overrides {
     /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)
     #[arg(long, env = "HUB_INSECURE_HTTP", global = true)]
     pub insecure_http: bool,
+    /// DHIS2 base URL, e.g. https://dhis2.example.org
+    #[arg(long, env = "HUB_DHIS2_URL", global = true)]
+    pub dhis2_url: Option<String>,
+    /// DHIS2 user (basic authentication, with HUB_DHIS2_PASSWORD)
+    #[arg(long, env = "HUB_DHIS2_USERNAME", global = true)]
+    pub dhis2_username: Option<String>,
+    #[arg(long, env = "HUB_DHIS2_PASSWORD", global = true, hide = true, hide_env_values = true)]
+    pub dhis2_password: Option<String>,
+    /// DHIS2 personal access token (instead of a user and password)
+    #[arg(long, env = "HUB_DHIS2_TOKEN", global = true, hide_env_values = true)]
+    pub dhis2_token: Option<String>,
+    /// PEM file of the authorities trusted for an https DHIS2 [default: the system's]
+    #[arg(long, env = "HUB_DHIS2_CA_FILE", global = true)]
+    pub dhis2_ca_file: Option<PathBuf>,
+    /// DHIS2 mapping file, TOML or JSON [default: the shipped mapping]
+    #[arg(long, env = "HUB_DHIS2_MAPPING", global = true)]
+    pub dhis2_mapping: Option<PathBuf>,
+    /// When the previous month is exported (cron with seconds, UTC), or `off`
+    #[arg(long, env = "HUB_DHIS2_SCHEDULE", global = true)]
+    pub dhis2_schedule: Option<String>,
+    #[arg(long, env = "HUB_DHIS2_REQUEST_TIMEOUT_SECONDS", global = true, hide = true)]
+    pub dhis2_request_timeout_seconds: Option<u64>,
+    #[arg(long, env = "HUB_DHIS2_MAX_ATTEMPTS", global = true, hide = true)]
+    pub dhis2_max_attempts: Option<u32>,
+    #[arg(long, env = "HUB_DHIS2_RETRY_BASE_SECONDS", global = true, hide = true)]
+    pub dhis2_retry_base_seconds: Option<u64>,
+    #[arg(long, env = "HUB_DHIS2_RETRY_MAX_SECONDS", global = true, hide = true)]
+    pub dhis2_retry_max_seconds: Option<u64>,
+    #[arg(long, env = "HUB_DHIS2_LEASE_SECONDS", global = true, hide = true)]
+    pub dhis2_lease_seconds: Option<u64>,
+    #[arg(long, env = "HUB_DHIS2_POLL_SECONDS", global = true, hide = true)]
+    pub dhis2_poll_seconds: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +317,7 @@ impl Config {
             ($($f:ident),*) => { $( if let Some(v) = &o.$f { config.$f = v.clone(); } )* };
         }
         set!(db_pool_size, token_ttl_minutes, enrollment_token_ttl_minutes, sync_max_body_bytes, log_format);
+        config.dhis2.apply(o);
         if let Some(addr) = listen {
             config.listen = addr;
         }
@@ -237,6 +353,7 @@ impl Config {
         if self.db_pool_size == 0 {
             return Err(ConfigError::Invalid { field: "db_pool_size", reason: "must be positive".into() });
         }
+        self.dhis2.validate()?;
         if let Some(url) = &self.database_url
             && !(url.0.starts_with("postgres://") || url.0.starts_with("postgresql://"))
         {
@@ -267,7 +384,74 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = self.database_url.as_ref().map(|u| DatabaseUrl(u.redacted()));
+        let hidden = |s: &Option<Secret>| s.as_ref().map(|_| Secret("***".into()));
+        shown.dhis2.password = hidden(&self.dhis2.password);
+        shown.dhis2.token = hidden(&self.dhis2.token);
         toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+impl Dhis2Config {
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.dhis2_url {
+            self.url = Some(v.clone());
+        }
+        if let Some(v) = &o.dhis2_username {
+            self.username = Some(v.clone());
+        }
+        if let Some(v) = &o.dhis2_password {
+            self.password = Some(Secret(v.clone()));
+        }
+        if let Some(v) = &o.dhis2_token {
+            self.token = Some(Secret(v.clone()));
+        }
+        if let Some(v) = &o.dhis2_ca_file {
+            self.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &o.dhis2_mapping {
+            self.mapping_file = Some(v.clone());
+        }
+        if let Some(v) = &o.dhis2_schedule {
+            self.schedule = v.clone();
+        }
+        let set = |target: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *target = v;
+            }
+        };
+        set(&mut self.request_timeout_seconds, o.dhis2_request_timeout_seconds);
+        set(&mut self.retry_base_seconds, o.dhis2_retry_base_seconds);
+        set(&mut self.retry_max_seconds, o.dhis2_retry_max_seconds);
+        set(&mut self.lease_seconds, o.dhis2_lease_seconds);
+        set(&mut self.poll_seconds, o.dhis2_poll_seconds);
+        if let Some(v) = o.dhis2_max_attempts {
+            self.max_attempts = v;
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| Err(ConfigError::Invalid { field, reason: reason.into() });
+        if let Some(url) = &self.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return invalid("dhis2.url", "an http:// or https:// URL, e.g. https://dhis2.example.org");
+        }
+        if self.token.is_some() && (self.username.is_some() || self.password.is_some()) {
+            return invalid("dhis2.token", "either a personal access token or a username and password, not both");
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return invalid("dhis2.password", "a DHIS2 username and password go together: set both");
+        }
+        if self.max_attempts == 0 {
+            return invalid("dhis2.max_attempts", "must be positive");
+        }
+        if self.request_timeout_seconds == 0 || self.lease_seconds <= self.request_timeout_seconds {
+            return invalid("dhis2.lease_seconds", "must be longer than dhis2.request_timeout_seconds (positive)");
+        }
+        if self.poll_seconds == 0 || self.retry_base_seconds == 0 || self.retry_max_seconds < self.retry_base_seconds {
+            return invalid("dhis2.poll_seconds", "poll and retry delays must be positive, retry_max >= retry_base");
+        }
+        Ok(())
     }
 }
 
@@ -351,6 +535,38 @@ mod tests {
         );
         let half = Overrides { tls_cert_file: Some("cert.pem".into()), ..Overrides::default() };
         assert!(matches!(Config::load(&half, None), Err(ConfigError::Invalid { field: "tls_key_file", .. })));
+    }
+
+    #[test]
+    fn dhis2_settings_from_the_environment_names_and_their_checks() {
+        let o = Overrides {
+            dhis2_url: Some("https://dhis2.example.org".into()),
+            dhis2_username: Some("santerurale".into()),
+            dhis2_password: Some("pa55word".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(&o, None).expect("load");
+        assert_eq!(c.dhis2.url.as_deref(), Some("https://dhis2.example.org"));
+        assert_eq!(c.dhis2.password.as_ref().map(Secret::expose), Some("pa55word"));
+        assert_eq!(c.dhis2.schedule, "0 0 2 2 * *");
+        let shown = c.to_toml();
+        assert!(!shown.contains("pa55word") && !format!("{c:?}").contains("pa55word"), "{shown}");
+
+        let both = Overrides { dhis2_token: Some("d2pat_x".into()), ..o.clone() };
+        assert!(matches!(Config::load(&both, None), Err(ConfigError::Invalid { field: "dhis2.token", .. })));
+        let half = Overrides { dhis2_password: None, ..o.clone() };
+        assert!(matches!(Config::load(&half, None), Err(ConfigError::Invalid { field: "dhis2.password", .. })));
+        let bad_url = Overrides { dhis2_url: Some("dhis2.example.org".into()), ..o };
+        assert!(matches!(Config::load(&bad_url, None), Err(ConfigError::Invalid { field: "dhis2.url", .. })));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(&file, "[dhis2]\nurl = \"http://127.0.0.1:8080\"\ntoken = \"d2pat_abc\"\nschedule = \"off\"\n")
+            .expect("write");
+        let c = Config::load(&Overrides { config: Some(file), ..Overrides::default() }, None).expect("file");
+        assert_eq!(c.dhis2.token.as_ref().map(Secret::expose), Some("d2pat_abc"));
+        assert_eq!(c.dhis2.schedule, "off");
+        assert!(!c.to_toml().contains("d2pat_abc"));
     }
 
     #[test]

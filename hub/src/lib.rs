@@ -20,6 +20,8 @@ pub mod config;
 pub mod conflicts;
 pub mod db;
 pub mod devices;
+pub mod dhis2;
+pub mod jobs;
 pub mod metrics;
 pub mod patients;
 pub mod pg;
@@ -54,6 +56,9 @@ pub struct AppState {
     pub db: Pool,
     pub tokens: Arc<TokenKeys>,
     pub metrics: Arc<Metrics>,
+    /// Wakes this hub's DHIS2 export worker when a job is created
+    /// ([`jobs::dhis2_export`]).
+    pub export_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -61,7 +66,13 @@ impl AppState {
     /// first start creates) the token-signing keys in the data directory.
     pub fn new(config: Config, db: Pool) -> Result<Self, auth::AuthError> {
         let tokens = TokenKeys::load_or_create(&config.data_dir, config.token_ttl_minutes)?;
-        Ok(Self { config: Arc::new(config), db, tokens: Arc::new(tokens), metrics: Arc::new(Metrics::new()) })
+        Ok(Self {
+            config: Arc::new(config),
+            db,
+            tokens: Arc::new(tokens),
+            metrics: Arc::new(Metrics::new()),
+            export_wake: Arc::new(tokio::sync::Notify::new()),
+        })
     }
 }
 

@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "conflicts", sql: include_str!("../../../migrations/hub/0004_conflicts.sql") },
     Migration { version: 5, name: "hub_changes", sql: include_str!("../../../migrations/hub/0005_hub_changes.sql") },
     Migration { version: 6, name: "ui_sessions", sql: include_str!("../../../migrations/hub/0006_ui_sessions.sql") },
+    Migration { version: 7, name: "dhis2", sql: include_str!("../../../migrations/hub/0007_dhis2.sql") },
 ];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).

@@ -4,6 +4,12 @@
 mod auth;
 mod cli;
 mod conflicts;
+mod dhis2_aggregate;
+mod dhis2_api;
+mod dhis2_client;
+mod dhis2_jobs;
+mod dhis2_mapping;
+mod dhis2_ui;
 mod edge_doc;
 mod embedded;
 mod enrollment;
