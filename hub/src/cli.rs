@@ -1,11 +1,13 @@
 //! The `hub` command line: `serve` (the default), `user add`, `keys rotate`,
-//! `print-config`. `--data-dir`, `--database-url` and the config overrides
+//! `dhis2 export|resolve-mapping|jobs`, `print-config`. `--data-dir`, `--database-url` and the config overrides
 //! apply to every subcommand.
 //!
 //! `serve` settles its transport before it opens the database: HTTPS with
 //! `--tls-cert`/`--tls-key` (files read and checked first), plain HTTP on a
 //! loopback address, or plain HTTP elsewhere with `--insecure-http`; anything
-//! else exits with an error saying how to enable TLS.
+//! else exits with an error saying how to enable TLS. It then starts the
+//! background jobs ([`crate::jobs`]: the DHIS2 export worker and schedule;
+//! an invalid schedule stops it there) and stops them on shutdown.
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -41,8 +43,37 @@ pub enum Command {
     /// Manage the API token-signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// DHIS2 monthly reporting: exports, the mapping, the job list.
+    #[command(subcommand)]
+    Dhis2(Dhis2Command),
     /// Print the effective configuration (database password redacted).
     PrintConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Dhis2Command {
+    /// Export a period's values to DHIS2 and run the jobs here to their end
+    /// (retries included); exits with an error if any job failed or had conflicts.
+    Export {
+        /// The DHIS2 period: monthly 202404, or weekly 2024W15 for a weekly data set
+        #[arg(long)]
+        period: String,
+        /// One site, by its code [default: every site]
+        #[arg(long)]
+        site: Option<String>,
+        /// Ask DHIS2 to validate and count without saving (dryRun=true)
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Look the mapping's codes (data set, data elements, category option
+    /// combos, sites' org units) up in DHIS2, fill in their uids and save the
+    /// mapping in the hub; exits with an error if a code was not found.
+    ResolveMapping,
+    /// List the latest export jobs, newest first.
+    Jobs {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +124,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("added signing key {kid}; restart the hub to sign with it");
             Ok(())
         }
+        Command::Dhis2(command) => runtime()?.block_on(dhis2(config, command)),
         Command::PrintConfig => {
             print!("{}", config.to_toml());
             Ok(())
@@ -122,18 +154,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Transport::PlainHttp => None,
     };
     let insecure_off_loopback = tls.is_none() && !listen.ip().is_loopback();
+    crate::jobs::check_schedule(&config.dhis2.schedule)?;
     let db = Database::open(&config).await.context("cannot open the database")?;
     let result = async {
         let state = AppState::new(config, db.pool.clone())?;
         let listener =
             tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let jobs = crate::jobs::spawn(&state).await?;
         let local = listener.local_addr()?;
         let shutdown = santerurale_server::shutdown_signal();
         match tls {
             Some(tls) => {
                 tracing::info!(address = %local, transport = "https", "hub listening");
                 println!("Santé Rurale hub is running on https://{local}/");
-                crate::serve_tls(listener, state, tls, shutdown).await?;
+                let served = crate::serve_tls(listener, state, tls, shutdown).await;
+                jobs.stop().await;
+                served?;
             }
             None => {
                 if insecure_off_loopback {
@@ -145,7 +181,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 }
                 tracing::info!(address = %local, transport = "http", "hub listening");
                 println!("Santé Rurale hub is running on http://{local}/");
-                crate::serve(listener, state, shutdown).await?;
+                let served = crate::serve(listener, state, shutdown).await;
+                jobs.stop().await;
+                served?;
             }
         }
         anyhow::Ok(())
@@ -155,4 +193,142 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     db.close().await.context("cannot stop the database")?;
     tracing::info!("hub stopped");
     result
+}
+
+async fn dhis2(config: Config, command: Dhis2Command) -> anyhow::Result<()> {
+    let db = Database::open(&config).await.context("cannot open the database")?;
+    let result = match command {
+        Dhis2Command::Export { period, site, dry_run } => dhis2_export(&db.pool, config, &period, site, dry_run).await,
+        Dhis2Command::ResolveMapping => dhis2_resolve(&db.pool, &config).await,
+        Dhis2Command::Jobs { limit } => dhis2_jobs(&db.pool, limit).await,
+    };
+    db.close().await.context("cannot close the database")?;
+    result
+}
+
+async fn dhis2_export(
+    pool: &deadpool_postgres::Pool,
+    config: Config,
+    period: &str,
+    site: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use crate::jobs::dhis2_export::{self, NewExport, Trigger, WorkerContext};
+
+    let period = crate::dhis2::period::Period::parse(period.trim())?;
+    let site = match site {
+        Some(code) => {
+            let row = pool
+                .get()
+                .await?
+                .query_opt("SELECT id FROM sites WHERE code = upper($1)", &[&code.trim()])
+                .await
+                .context("cannot look the site up")?;
+            let Some(row) = row else { bail!("no site with the code {code}") };
+            Some(santerurale_shared::SiteId::from_uuid(row.try_get(0)?))
+        }
+        None => None,
+    };
+    let config = std::sync::Arc::new(config);
+    let new = NewExport { period, site, dry_run, trigger: Trigger::Cli, requested_by: None };
+    let created = dhis2_export::create(pool, &config, new).await?;
+    if created.is_empty() {
+        bail!("there are no sites to export");
+    }
+    println!("created {} export job(s) for {period}{}", created.len(), if dry_run { " (dry run)" } else { "" });
+    let ctx = WorkerContext::new(
+        pool.clone(),
+        config.clone(),
+        std::sync::Arc::new(crate::metrics::Metrics::new()),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let poll = std::time::Duration::from_secs(config.dhis2.poll_seconds.clamp(1, 5));
+    let finished = loop {
+        while dhis2_export::run_one(&ctx).await?.is_some() {}
+        let mut jobs = Vec::with_capacity(created.len());
+        for job in &created {
+            jobs.push(dhis2_export::get(pool, job.id).await?.context("an export job disappeared")?);
+        }
+        if jobs.iter().all(|j| j.status.is_final()) {
+            break jobs;
+        }
+        // A job waits for its retry (or runs in a serving hub): look again.
+        tokio::time::sleep(poll).await;
+    };
+    let mut bad = 0;
+    for job in &finished {
+        print_job(job);
+        for c in &job.conflicts {
+            println!("    conflict {}: {} ({})", c.error_code.as_deref().unwrap_or("-"), c.message, c.object);
+        }
+        if let Some(error) = &job.error {
+            println!("    error: {error}");
+        }
+        if !matches!(job.status, dhis2_export::JobStatus::Succeeded | dhis2_export::JobStatus::Superseded) {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} of {} export job(s) did not succeed cleanly (see above)", finished.len());
+    }
+    Ok(())
+}
+
+fn print_job(job: &crate::jobs::dhis2_export::ExportJob) {
+    let counts = job.import_count.map_or_else(
+        || "-".to_owned(),
+        |c| format!("imported {} updated {} ignored {} deleted {}", c.imported, c.updated, c.ignored, c.deleted),
+    );
+    println!(
+        "{}  {}  {:<10} {:<24} attempts {}  {}{}  {}",
+        job.created_at.date(),
+        job.period,
+        job.site_code,
+        job.status.as_str(),
+        job.attempts,
+        counts,
+        if job.conflicts.is_empty() { String::new() } else { format!("  conflicts {}", job.conflicts.len()) },
+        job.id,
+    );
+}
+
+async fn dhis2_resolve(pool: &deadpool_postgres::Pool, config: &Config) -> anyhow::Result<()> {
+    let client = crate::dhis2::client::Dhis2Client::new(&config.dhis2)?;
+    let loaded = crate::dhis2::mapping::load(pool, &config.dhis2).await?;
+    let report = crate::dhis2::resolve::resolve(&client, &loaded.mapping, pool).await?;
+    crate::dhis2::mapping::save(pool, &report.mapping, None).await?;
+    let mapping = &report.mapping;
+    println!("data set {} -> {}", mapping.data_set.code, mapping.data_set.uid.as_deref().unwrap_or("NOT FOUND"));
+    for i in &mapping.indicators {
+        println!(
+            "{}: {} -> {}, {} -> {}",
+            i.name,
+            i.data_element.code,
+            i.data_element.uid.as_deref().unwrap_or("NOT FOUND"),
+            i.category_option_combo.code,
+            i.category_option_combo.uid.as_deref().unwrap_or("NOT FOUND"),
+        );
+    }
+    for (site, code, uid) in &report.sites_resolved {
+        println!("org unit {code} -> {uid} (site {site})");
+    }
+    println!("mapping saved in the hub");
+    for m in &report.missing {
+        println!("not found in DHIS2: {} {} ({})", m.kind, m.code, m.context);
+    }
+    if !report.missing.is_empty() {
+        bail!("{} code(s) not found in DHIS2 (see above)", report.missing.len());
+    }
+    Ok(())
+}
+
+async fn dhis2_jobs(pool: &deadpool_postgres::Pool, limit: i64) -> anyhow::Result<()> {
+    let jobs = crate::jobs::dhis2_export::list(pool, limit).await?;
+    if jobs.is_empty() {
+        println!("no export jobs");
+    }
+    for job in &jobs {
+        print_job(job);
+    }
+    Ok(())
 }

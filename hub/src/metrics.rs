@@ -40,6 +40,15 @@ pub struct Metrics {
     pub sync_conflicts_open: IntGauge,
     /// `sync_conflicts_resolved_total`: conflicts an admin resolved.
     pub sync_conflicts_resolved: IntCounter,
+    /// `dhis2_export_jobs_total{status}`: DHIS2 export jobs ended, by final
+    /// status (counted once per job end).
+    pub dhis2_export_jobs: IntCounterVec,
+    /// `dhis2_last_success_timestamp_seconds`: last export (not a dry run)
+    /// DHIS2 accepted, with or without conflicts.
+    pub dhis2_last_success: IntGauge,
+    /// `dhis2_values_sent_total`: data values sent in exports DHIS2 answered
+    /// (dry runs excluded).
+    pub dhis2_values_sent: IntCounter,
 }
 
 impl Metrics {
@@ -93,6 +102,19 @@ impl Metrics {
         let sync_conflicts_resolved =
             IntCounter::new("sync_conflicts_resolved_total", "Conflicts resolved by an admin choosing a value.")
                 .expect("valid metric");
+        let dhis2_export_jobs = IntCounterVec::new(
+            Opts::new("dhis2_export_jobs_total", "DHIS2 export jobs ended, by status."),
+            &["status"],
+        )
+        .expect("valid metric");
+        let dhis2_last_success = IntGauge::new(
+            "dhis2_last_success_timestamp_seconds",
+            "Unix time of the last DHIS2 export (not a dry run) that DHIS2 accepted.",
+        )
+        .expect("valid metric");
+        let dhis2_values_sent =
+            IntCounter::new("dhis2_values_sent_total", "Data values sent to DHIS2 (dry runs excluded).")
+                .expect("valid metric");
         for m in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -104,6 +126,9 @@ impl Metrics {
             Box::new(sync_conflicts_detected.clone()),
             Box::new(sync_conflicts_open.clone()),
             Box::new(sync_conflicts_resolved.clone()),
+            Box::new(dhis2_export_jobs.clone()),
+            Box::new(dhis2_last_success.clone()),
+            Box::new(dhis2_values_sent.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -119,6 +144,9 @@ impl Metrics {
             sync_conflicts_detected,
             sync_conflicts_open,
             sync_conflicts_resolved,
+            dhis2_export_jobs,
+            dhis2_last_success,
+            dhis2_values_sent,
         }
     }
 

@@ -25,4 +25,5 @@ pub fn router() -> Router<AppState> {
         .merge(crate::devices::router())
         .merge(crate::patients::router())
         .merge(crate::conflicts::router())
+        .merge(crate::dhis2::api::router())
 }

@@ -48,6 +48,9 @@ async fn metrics_count_requests_by_route_template() {
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let value = line.rsplit(' ').next().expect("value");
         assert!(value.parse::<f64>().is_ok(), "bad sample line {line:?}");
-        assert!(line.starts_with("hub_") || line.starts_with("sync_"), "unexpected metric {line:?}");
+        assert!(
+            line.starts_with("hub_") || line.starts_with("sync_") || line.starts_with("dhis2_"),
+            "unexpected metric {line:?}"
+        );
     }
 }
