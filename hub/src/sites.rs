@@ -1,14 +1,19 @@
-//! Sites (clinics): `POST /api/v1/sites` (admins), `GET /api/v1/sites`, and
+//! Sites (clinics): `POST /api/v1/sites` (admins), `GET /api/v1/sites`,
+//! `PATCH /api/v1/sites/{id}` (admins, see [`SitePatch`]) and
 //! `GET /api/v1/sites/{id}/sync-status` (admins, see [`sync_status`]).
 //!
 //! A site's `code` is its short human code, stored upper-case and unique;
 //! `dhis2_org_unit`, when known, is the DHIS2 organisation unit uid the
 //! clinic reports under (11 characters: a letter, then letters or digits).
+//! `dhis2_org_unit_code` is that organisation unit's DHIS2 code, what a
+//! deployment knows: `hub dhis2 resolve-mapping` (and the admin UI's
+//! "resolve" button) looks it up in DHIS2 and fills `dhis2_org_unit` with the
+//! uid of the configured instance.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch};
 use axum::{Json, Router};
 use santerurale_shared::{DeviceId, SiteId, ValidationErrors};
 use serde::{Deserialize, Serialize};
@@ -21,6 +26,8 @@ use crate::auth::CurrentUser;
 use crate::db::{DbError, is_unique_violation};
 
 const MAX_NAME_CHARS: usize = 120;
+/// DHIS2 limits codes to 50 characters.
+const MAX_ORG_UNIT_CODE_CHARS: usize = 50;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Site {
@@ -28,6 +35,8 @@ pub struct Site {
     pub name: String,
     pub code: String,
     pub dhis2_org_unit: Option<String>,
+    /// The DHIS2 code of the organisation unit (e.g. `OU_KATI`).
+    pub dhis2_org_unit_code: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -39,6 +48,7 @@ pub struct NewSite {
     pub name: Option<String>,
     pub code: Option<String>,
     pub dhis2_org_unit: Option<String>,
+    pub dhis2_org_unit_code: Option<String>,
 }
 
 /// A [`NewSite`] that passed [`NewSite::validate`]: trimmed, code upper-cased.
@@ -47,19 +57,13 @@ pub struct ValidSite {
     pub name: String,
     pub code: String,
     pub dhis2_org_unit: Option<String>,
+    pub dhis2_org_unit_code: Option<String>,
 }
 
 impl NewSite {
     pub fn validate(&self) -> Result<ValidSite, ValidationErrors> {
         let mut errors = ValidationErrors::default();
-        let name = self.name.as_deref().map(str::trim).unwrap_or_default();
-        if name.is_empty() {
-            errors.push("name", "required", "this field is required");
-        } else if name.chars().count() > MAX_NAME_CHARS {
-            errors.push("name", "too_long", format!("at most {MAX_NAME_CHARS} characters"));
-        } else if name.chars().any(char::is_control) {
-            errors.push("name", "invalid_characters", "contains control characters");
-        }
+        let name = check_name(self.name.as_deref(), &mut errors);
         let code = self.code.as_deref().map(str::trim).unwrap_or_default().to_ascii_uppercase();
         if code.is_empty() {
             errors.push("code", "required", "this field is required");
@@ -68,17 +72,89 @@ impl NewSite {
         {
             errors.push("code", "invalid_format", "2 to 32 letters, digits, '-' or '_'");
         }
-        let org_unit = self.dhis2_org_unit.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        if let Some(uid) = org_unit
-            && !is_dhis2_uid(uid)
-        {
-            errors.push(
-                "dhis2_org_unit",
-                "invalid_format",
-                "a DHIS2 uid: 11 letters or digits, starting with a letter",
-            );
-        }
-        errors.into_result(ValidSite { name: name.to_owned(), code, dhis2_org_unit: org_unit.map(str::to_owned) })
+        let dhis2_org_unit = check_org_unit(self.dhis2_org_unit.as_deref(), &mut errors);
+        let dhis2_org_unit_code = check_org_unit_code(self.dhis2_org_unit_code.as_deref(), &mut errors);
+        errors.into_result(ValidSite { name, code, dhis2_org_unit, dhis2_org_unit_code })
+    }
+}
+
+/// A site's name, trimmed: required, at most [`MAX_NAME_CHARS`], printable.
+fn check_name(name: Option<&str>, errors: &mut ValidationErrors) -> String {
+    let name = name.map(str::trim).unwrap_or_default();
+    if name.is_empty() {
+        errors.push("name", "required", "this field is required");
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        errors.push("name", "too_long", format!("at most {MAX_NAME_CHARS} characters"));
+    } else if name.chars().any(char::is_control) {
+        errors.push("name", "invalid_characters", "contains control characters");
+    }
+    name.to_owned()
+}
+
+/// An organisation unit uid, trimmed; blank is none.
+fn check_org_unit(uid: Option<&str>, errors: &mut ValidationErrors) -> Option<String> {
+    let uid = uid.map(str::trim).filter(|s| !s.is_empty())?;
+    if !is_dhis2_uid(uid) {
+        errors.push("dhis2_org_unit", "invalid_format", "a DHIS2 uid: 11 letters or digits, starting with a letter");
+    }
+    Some(uid.to_owned())
+}
+
+/// An organisation unit code, trimmed (DHIS2 codes are free text, case
+/// kept); blank is none.
+fn check_org_unit_code(code: Option<&str>, errors: &mut ValidationErrors) -> Option<String> {
+    let code = code.map(str::trim).filter(|s| !s.is_empty())?;
+    if code.chars().count() > MAX_ORG_UNIT_CODE_CHARS {
+        errors.push(
+            "dhis2_org_unit_code",
+            "too_long",
+            format!("at most {MAX_ORG_UNIT_CODE_CHARS} characters (DHIS2's limit)"),
+        );
+    } else if code.chars().any(char::is_control) {
+        errors.push("dhis2_org_unit_code", "invalid_characters", "contains control characters");
+    }
+    Some(code.to_owned())
+}
+
+/// The body of `PATCH /api/v1/sites/{id}`: only the fields present change.
+/// `dhis2_org_unit` and `dhis2_org_unit_code` are cleared by `null` or `""`;
+/// the name cannot be cleared. Changing the code without giving a uid in the
+/// same request clears the uid, which named the old code's organisation unit
+/// (resolving the mapping fills it again). The site's `code` does not change:
+/// devices and the sync protocol know the site by it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub dhis2_org_unit: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub dhis2_org_unit_code: Option<Option<String>>,
+}
+
+/// `Some(value)` for a field present in the JSON, `null` included: with
+/// `#[serde(default)]`, an absent field stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// A [`SitePatch`] that passed [`SitePatch::validate`]; `Some(None)` clears.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidPatch {
+    pub name: Option<String>,
+    pub dhis2_org_unit: Option<Option<String>>,
+    pub dhis2_org_unit_code: Option<Option<String>>,
+}
+
+impl SitePatch {
+    pub fn validate(&self) -> Result<ValidPatch, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let name = self.name.as_deref().map(|n| check_name(Some(n), &mut errors));
+        let dhis2_org_unit = self.dhis2_org_unit.as_ref().map(|u| check_org_unit(u.as_deref(), &mut errors));
+        let dhis2_org_unit_code =
+            self.dhis2_org_unit_code.as_ref().map(|c| check_org_unit_code(c.as_deref(), &mut errors));
+        errors.into_result(ValidPatch { name, dhis2_org_unit, dhis2_org_unit_code })
     }
 }
 
@@ -108,9 +184,9 @@ pub async fn insert(pool: &deadpool_postgres::Pool, site: &ValidSite) -> Result<
     let client = pool.get().await.map_err(DbError::from)?;
     let row = client
         .query_one(
-            "INSERT INTO sites (id, name, code, dhis2_org_unit) VALUES ($1, $2, $3, $4)
-             RETURNING id, name, code, dhis2_org_unit, created_at",
-            &[SiteId::new().as_uuid(), &site.name, &site.code, &site.dhis2_org_unit],
+            "INSERT INTO sites (id, name, code, dhis2_org_unit, dhis2_org_unit_code) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, name, code, dhis2_org_unit, dhis2_org_unit_code, created_at",
+            &[SiteId::new().as_uuid(), &site.name, &site.code, &site.dhis2_org_unit, &site.dhis2_org_unit_code],
         )
         .await
         .map_err(|e| {
@@ -123,10 +199,39 @@ pub async fn insert(pool: &deadpool_postgres::Pool, site: &ValidSite) -> Result<
     Ok(from_row(&row)?)
 }
 
+/// Applies `patch` to site `id` in one statement; `None` when there is no
+/// such site.
+pub async fn update(pool: &deadpool_postgres::Pool, id: SiteId, patch: &ValidPatch) -> Result<Option<Site>, DbError> {
+    let client = pool.get().await?;
+    let uid_given = patch.dhis2_org_unit.is_some();
+    let uid = patch.dhis2_org_unit.clone().flatten();
+    let code_given = patch.dhis2_org_unit_code.is_some();
+    let code = patch.dhis2_org_unit_code.clone().flatten();
+    // The right-hand sides see the row as it was: a changed code clears a uid not given alongside.
+    let row = client
+        .query_opt(
+            "UPDATE sites SET
+                name = COALESCE($2, name),
+                dhis2_org_unit = CASE WHEN $3 THEN $4
+                                      WHEN $5 AND dhis2_org_unit_code IS DISTINCT FROM $6 THEN NULL
+                                      ELSE dhis2_org_unit END,
+                dhis2_org_unit_code = CASE WHEN $5 THEN $6 ELSE dhis2_org_unit_code END
+             WHERE id = $1
+             RETURNING id, name, code, dhis2_org_unit, dhis2_org_unit_code, created_at",
+            &[id.as_uuid(), &patch.name, &uid_given, &uid, &code_given, &code],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 pub async fn list(pool: &deadpool_postgres::Pool) -> Result<Vec<Site>, DbError> {
     let client = pool.get().await?;
-    let rows =
-        client.query("SELECT id, name, code, dhis2_org_unit, created_at FROM sites ORDER BY name, code", &[]).await?;
+    let rows = client
+        .query(
+            "SELECT id, name, code, dhis2_org_unit, dhis2_org_unit_code, created_at FROM sites ORDER BY name, code",
+            &[],
+        )
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -136,6 +241,7 @@ fn from_row(row: &Row) -> Result<Site, DbError> {
         name: row.try_get("name")?,
         code: row.try_get("code")?,
         dhis2_org_unit: row.try_get("dhis2_org_unit")?,
+        dhis2_org_unit_code: row.try_get("dhis2_org_unit_code")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -143,6 +249,7 @@ fn from_row(row: &Row) -> Result<Site, DbError> {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/sites", get(list_sites).post(create_site))
+        .route("/api/v1/sites/{id}", patch(patch_site))
         .route("/api/v1/sites/{id}/sync-status", get(get_sync_status))
 }
 
@@ -156,6 +263,21 @@ async fn create_site(
     let site = insert(&state.db, &valid).await?;
     tracing::info!(site = %site.id, code = %site.code, by = %user.username, "site created");
     Ok((StatusCode::CREATED, Json(site)).into_response())
+}
+
+async fn patch_site(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<SitePatch>,
+) -> Result<Json<Site>, ApiError> {
+    user.require_admin()?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "site_not_found", "no such site");
+    let id: SiteId = id.parse().map_err(|_| not_found())?;
+    let valid = body.validate().map_err(|e| ApiError::validation(&e))?;
+    let site = update(&state.db, id, &valid).await?.ok_or_else(not_found)?;
+    tracing::info!(site = %site.id, by = %user.username, "site updated");
+    Ok(Json(site))
 }
 
 async fn list_sites(State(state): State<AppState>, _user: CurrentUser) -> Result<Json<Vec<Site>>, ApiError> {
@@ -300,7 +422,12 @@ mod tests {
     use super::*;
 
     fn new(name: &str, code: &str, ou: Option<&str>) -> NewSite {
-        NewSite { name: Some(name.into()), code: Some(code.into()), dhis2_org_unit: ou.map(Into::into) }
+        NewSite {
+            name: Some(name.into()),
+            code: Some(code.into()),
+            dhis2_org_unit: ou.map(Into::into),
+            dhis2_org_unit_code: None,
+        }
     }
 
     #[test]
@@ -311,7 +438,8 @@ mod tests {
             ValidSite {
                 name: "CSCom de Kati".into(),
                 code: "KATI-01".into(),
-                dhis2_org_unit: Some("DiszpKrYNg8".into())
+                dhis2_org_unit: Some("DiszpKrYNg8".into()),
+                dhis2_org_unit_code: None,
             }
         );
         assert_eq!(new("X", "KT", Some("  ")).validate().expect("valid").dhis2_org_unit, None);
@@ -324,5 +452,33 @@ mod tests {
         assert_eq!(errs.0.iter().map(|e| e.field).collect::<Vec<_>>(), ["code", "dhis2_org_unit"]);
         assert!(new("X", "KATI 01", None).validate().is_err());
         assert!(new("X", "KT", Some("DiszpKrYNg")).validate().is_err());
+        let coded = NewSite { dhis2_org_unit_code: Some(" OU_Kati ".into()), ..new("X", "KT", None) };
+        assert_eq!(coded.validate().expect("valid").dhis2_org_unit_code.as_deref(), Some("OU_Kati"), "case kept");
+        let long = NewSite { dhis2_org_unit_code: Some("C".repeat(51)), ..new("X", "KT", None) };
+        let errs = long.validate().expect_err("invalid");
+        assert_eq!(errs.0.iter().map(|e| (e.field, e.code)).collect::<Vec<_>>(), [("dhis2_org_unit_code", "too_long")]);
+    }
+
+    #[test]
+    fn a_patch_tells_absent_from_cleared() {
+        let patch: SitePatch =
+            serde_json::from_str(r#"{"dhis2_org_unit": null, "dhis2_org_unit_code": " OU_KATI "}"#).expect("json");
+        let valid = patch.validate().expect("valid");
+        assert_eq!(
+            valid,
+            ValidPatch { name: None, dhis2_org_unit: Some(None), dhis2_org_unit_code: Some(Some("OU_KATI".into())) }
+        );
+        let blank: SitePatch = serde_json::from_str(r#"{"dhis2_org_unit_code": ""}"#).expect("json");
+        assert_eq!(blank.validate().expect("valid").dhis2_org_unit_code, Some(None));
+        assert_eq!(SitePatch::default().validate().expect("valid"), ValidPatch::default());
+        let bad: SitePatch =
+            serde_json::from_str(r#"{"name": " ", "dhis2_org_unit": "1abc", "dhis2_org_unit_code": "a\u0007"}"#)
+                .expect("json");
+        let errs = bad.validate().expect_err("invalid");
+        assert_eq!(
+            errs.0.iter().map(|e| (e.field, e.code)).collect::<Vec<_>>(),
+            [("name", "required"), ("dhis2_org_unit", "invalid_format"), ("dhis2_org_unit_code", "invalid_characters")]
+        );
+        assert!(serde_json::from_str::<SitePatch>(r#"{"code": "X"}"#).is_err(), "the site code is not editable");
     }
 }

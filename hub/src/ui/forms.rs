@@ -66,6 +66,11 @@ impl FormState {
         self.errors.get(name).map(String::as_str)
     }
 
+    /// Fills field `name` (a form shown with stored values).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.values.insert(name.to_owned(), value.to_owned());
+    }
+
     #[must_use]
     pub fn has_errors(&self) -> bool {
         !self.errors.is_empty()

@@ -4,10 +4,13 @@
 //! binary; no script, nothing fetched from the internet; usable 360 px wide).
 //!
 //! Pages: sign-in ([`session`]); sites with their sync status, site
-//! creation, a site's devices with revocation and enrollment tokens
-//! ([`sites`]); conflicts and their resolution ([`conflicts`]). Each page
-//! calls the same functions as the JSON API (`crate::sites`,
-//! `crate::devices`, `crate::conflicts`), so validation and rules live once.
+//! creation, a site's DHIS2 organisation unit, its devices with revocation
+//! and enrollment tokens ([`sites`]); conflicts and their resolution
+//! ([`conflicts`]); DHIS2 exports, one export's payload and conflicts
+//! explained, and the DHIS2 mapping ([`dhis2`]). Each page calls the same
+//! functions as the JSON API (`crate::sites`, `crate::devices`,
+//! `crate::conflicts`, `crate::jobs::dhis2_export`, `crate::dhis2`), so
+//! validation and rules live once.
 //!
 //! # Accounts and sessions
 //! Hub accounts are made with `hub user add`. Signing in checks the argon2
@@ -29,6 +32,7 @@
 //! name patients by id only.
 
 mod conflicts;
+mod dhis2;
 mod forms;
 mod messages;
 mod session;
@@ -63,11 +67,18 @@ pub fn router() -> Router<AppState> {
         .route("/logout", post(session::logout))
         .route("/lang/{lang}", get(session::switch_lang))
         .route("/sites", get(sites::list).post(sites::create))
-        .route("/sites/{id}", get(sites::show))
+        .route("/sites/{id}", get(sites::show).post(sites::update))
         .route("/sites/{id}/enrollment-tokens", post(sites::create_token))
         .route("/sites/{site}/devices/{id}/revoke", get(sites::revoke_confirm).post(sites::revoke))
         .route("/conflicts", get(conflicts::list))
         .route("/conflicts/{id}/resolve", post(conflicts::resolve))
+        .route("/dhis2", get(dhis2::exports))
+        .route("/dhis2/exports", post(dhis2::start_export))
+        .route("/dhis2/exports/{id}", get(dhis2::export))
+        .route("/dhis2/exports/{id}/rerun", post(dhis2::rerun))
+        .route("/dhis2/mapping", get(dhis2::mapping_page::show).post(dhis2::mapping_page::save))
+        .route("/dhis2/mapping/reset", post(dhis2::mapping_page::reset))
+        .route("/dhis2/mapping/resolve", post(dhis2::mapping_page::resolve_codes))
         .route("/assets/{file}", get(asset))
 }
 

@@ -1,6 +1,7 @@
 //! Sites pages: the list with each site's sync status and the creation
-//! form, a site's devices (revocation after a confirmation page) and
-//! enrollment tokens.
+//! form, a site's page with its DHIS2 organisation unit (code and uid, edited
+//! through the same function as `PATCH /api/v1/sites/{id}`), its devices
+//! (revocation after a confirmation page) and enrollment tokens.
 //!
 //! An enrollment token is shown once, on the answer to the POST that made
 //! it: the hub keeps only its hash, so there is no page to show it again
@@ -19,7 +20,7 @@ use super::forms::{Fields, FormState, RawForm};
 use super::session::Signed;
 use super::{Fail, Page, UiError, https, render};
 use crate::AppState;
-use crate::sites::{DeviceSyncStatus, NewSite, Site, SiteError, SiteSyncStatus, SyncStatusError};
+use crate::sites::{DeviceSyncStatus, NewSite, Site, SiteError, SitePatch, SiteSyncStatus, SyncStatusError};
 
 /// A site and how its sync stands.
 #[derive(Debug)]
@@ -76,6 +77,7 @@ pub async fn create(State(state): State<AppState>, signed: Signed, raw: RawForm)
         name: Some(form.get("name").to_owned()),
         code: Some(form.get("code").to_owned()),
         dhis2_org_unit: form.present("dhis2_org_unit"),
+        dhis2_org_unit_code: form.present("dhis2_org_unit_code"),
     };
     let mut shown = form.redisplay();
     match new.validate() {
@@ -107,6 +109,17 @@ struct SiteTpl<'a> {
     row: SiteRow,
     /// A token just made, with its expiry and the command to type on the box.
     token: Option<(String, String, String)>,
+    /// The edit form: the site's values, or what was typed and its errors.
+    form: FormState,
+}
+
+/// The edit form filled with the site's current values.
+fn edit_form(site: &Site) -> FormState {
+    let mut form = FormState::default();
+    form.set("name", &site.name);
+    form.set("dhis2_org_unit", site.dhis2_org_unit.as_deref().unwrap_or_default());
+    form.set("dhis2_org_unit_code", site.dhis2_org_unit_code.as_deref().unwrap_or_default());
+    form
 }
 
 pub async fn show(
@@ -116,7 +129,41 @@ pub async fn show(
 ) -> Result<Response, UiError> {
     page.nav = "sites";
     let row = find_site(&state, &page, &id).await?;
-    Ok(render(StatusCode::OK, &page, &SiteTpl { page: &page, row, token: None }))
+    let form = edit_form(&row.site);
+    Ok(render(StatusCode::OK, &page, &SiteTpl { page: &page, row, token: None, form }))
+}
+
+/// `POST /sites/{id}`: the edit form. Every field is sent, so a blank
+/// organisation unit field clears it.
+pub async fn update(
+    State(state): State<AppState>,
+    signed: Signed,
+    Path(id): Path<String>,
+    raw: RawForm,
+) -> Result<Response, UiError> {
+    let form = Fields::read(raw, &signed.page)?;
+    signed.check_csrf(&form)?;
+    let mut page = signed.page;
+    page.nav = "sites";
+    let row = find_site(&state, &page, &id).await?;
+    let patch = SitePatch {
+        name: Some(form.get("name").to_owned()),
+        dhis2_org_unit: Some(form.present("dhis2_org_unit")),
+        dhis2_org_unit_code: Some(form.present("dhis2_org_unit_code")),
+    };
+    let mut shown = form.redisplay();
+    match patch.validate() {
+        Ok(valid) => match crate::sites::update(&state.db, row.site.id, &valid).await {
+            Ok(Some(site)) => {
+                tracing::info!(site = %site.id, user = %signed.user.id, "site updated (web)");
+                return Ok(see_other(&format!("/sites/{}", site.id), &[]));
+            }
+            Ok(None) => return Err(page.fail(Fail::NotFound)),
+            Err(e) => return Err(page.internal(&e)),
+        },
+        Err(errors) => shown.push_all(&page, &errors),
+    }
+    Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page, &SiteTpl { page: &page, row, token: None, form: shown }))
 }
 
 pub async fn create_token(
@@ -137,7 +184,8 @@ pub async fn create_token(
     tracing::info!(site = %row.site.id, user = %signed.user.id, expires_at = %made.expires_at, "enrollment token created (web)");
     let command = format!("edge enroll --hub {} --token {}", hub_url(&state, &headers), made.token);
     let expires = page.when(&made.expires_at);
-    let tpl = SiteTpl { page: &page, row, token: Some((made.token, expires, command)) };
+    let form = edit_form(&row.site);
+    let tpl = SiteTpl { page: &page, row, token: Some((made.token, expires, command)), form };
     Ok(render(StatusCode::CREATED, &page, &tpl))
 }
 
