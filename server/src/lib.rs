@@ -2,10 +2,13 @@
 //! password policy and hashing ([`passwords`]), random bearer secrets
 //! ([`tokens`]), how an internal error is logged ([`error_chain`]), how an
 //! HTTP status is labelled in metrics ([`status_class`]) and when a server
-//! stops ([`shutdown_signal`]), and the web-UI plumbing both UIs use
-//! ([`web`]: cookies, CSRF comparison, language choice, page headers).
+//! stops ([`shutdown_signal`]), the web-UI plumbing both UIs use
+//! ([`web`]: cookies, CSRF comparison, language choice, page headers), and
+//! the HTTPS client of the edge's hub client and the hub's DHIS2 client
+//! ([`tls`]).
 
 pub mod passwords;
+pub mod tls;
 pub mod tokens;
 pub mod web;
 

@@ -32,13 +32,10 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use santerurale_server::tls::{self, HttpsClient};
 use santerurale_shared::sync::{
     CodecError, ErrorBody, PULL_PATH, PUSH_PATH, PullRequest, PullResponse, PushOutcome, PushRequest, PushResponse,
     SigningKey, decode_pull_response, decode_push_response, encode_pull, encode_push, sign,
@@ -243,28 +240,11 @@ impl HubError {
     /// A failed exchange: a certificate that does not verify, else a
     /// network failure.
     fn from_request(e: hyper_util::client::legacy::Error) -> Self {
-        match certificate_error(&e) {
+        match tls::certificate_error(&e) {
             Some(tls) => Self::Untrusted(tls),
             None => Self::Network(TransportError::Request(e)),
         }
     }
-}
-
-/// The rustls certificate error somewhere in `e`'s chain. rustls' errors
-/// reach us wrapped in `io::Error`s (two: tokio-rustls' and hyper-rustls'),
-/// whose `source()` skips the error they wrap, so each is opened by hand.
-fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
-    let mut next = Some(e);
-    while let Some(error) = next {
-        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls.clone());
-        }
-        next = match error.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => error.source(),
-        };
-    }
-    None
 }
 
 #[derive(Debug, Serialize)]
@@ -295,7 +275,7 @@ struct EnrollErrorBody {
 pub struct HubClient {
     /// Without a trailing slash.
     base: String,
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
 }
 
 impl HubClient {
@@ -311,20 +291,7 @@ impl HubClient {
             // Plain HTTP never verifies a certificate.
             None => Arc::new(RootCertStore::empty()),
         };
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(HubUrlError::Tls)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let http = tls::https_client(roots, CONNECT_TIMEOUT).map_err(HubUrlError::Tls)?;
         Ok(Self { base, http })
     }
 
@@ -447,14 +414,7 @@ impl HubClient {
 
 /// The authorities the system trusts (`/etc/ssl/certs` and the like).
 fn system_roots() -> Result<RootCertStore, HubUrlError> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    // A few unparsable entries in a system store are common and harmless.
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(HubUrlError::NoSystemRoots);
-    }
-    Ok(roots)
+    tls::system_roots().ok_or(HubUrlError::NoSystemRoots)
 }
 
 /// Largest pull page inflated: the budget asked for, framing (a patient id,
@@ -530,17 +490,6 @@ mod tests {
         // A CA says nothing to plain HTTP: a mistake worth reporting.
         let plain = HubClient::new("http://127.0.0.1:8090", false, Some(&ca));
         assert!(matches!(plain, Err(HubUrlError::CaNeedsHttps(_))), "{plain:?}");
-    }
-
-    #[test]
-    fn certificate_errors_are_found_inside_io_errors() {
-        // The shape hyper-rustls hands over: io::Error(io::Error(rustls::Error)).
-        let wrap =
-            |tls: rustls::Error| std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls));
-        let untrusted = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        assert_eq!(certificate_error(&wrap(untrusted.clone())), Some(untrusted));
-        assert_eq!(certificate_error(&wrap(rustls::Error::DecryptError)), None);
-        assert_eq!(certificate_error(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)), None);
     }
 
     #[test]

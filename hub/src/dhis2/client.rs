@@ -44,7 +44,6 @@
 //! the PEM file `HUB_DHIS2_CA_FILE` only. Connecting may take 20 s; a whole
 //! request `request_timeout_seconds`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -53,13 +52,10 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+use santerurale_server::tls::{self, HttpsClient};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -244,27 +240,11 @@ impl Dhis2Error {
     /// A failed exchange: a certificate that does not verify, else a
     /// network failure.
     fn from_request(e: hyper_util::client::legacy::Error) -> Self {
-        match certificate_error(&e) {
+        match tls::certificate_error(&e) {
             Some(tls) => Self::TlsUntrusted(tls),
             None => Self::Unreachable(Box::new(e)),
         }
     }
-}
-
-/// The rustls certificate error somewhere in `e`'s chain (rustls' errors
-/// arrive wrapped in `io::Error`s whose `source()` skips them).
-fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
-    let mut next = Some(e);
-    while let Some(error) = next {
-        if let Some(tls @ rustls::Error::InvalidCertificate(_)) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls.clone());
-        }
-        next = match error.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
-            None => error.source(),
-        };
-    }
-    None
 }
 
 /// A client for the configured DHIS2. Cheap to clone.
@@ -275,7 +255,7 @@ pub struct Dhis2Client {
     /// The `Authorization` header value (sensitive), and its scheme for `Debug`.
     auth: Option<(HeaderValue, &'static str)>,
     request_timeout: Duration,
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
 }
 
 impl std::fmt::Debug for Dhis2Client {
@@ -306,20 +286,8 @@ impl Dhis2Client {
             // Plain HTTP never verifies a certificate.
             None => RootCertStore::empty(),
         };
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Dhis2Error::BadConfig { reason: "cannot set up TLS".into(), source: Some(Box::new(e)) })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let http = tls::https_client(roots, CONNECT_TIMEOUT)
+            .map_err(|e| Dhis2Error::BadConfig { reason: "cannot set up TLS".into(), source: Some(Box::new(e)) })?;
         Ok(Self { base, auth: authorization(config)?, request_timeout: request_timeout(config), http })
     }
 
@@ -550,17 +518,12 @@ fn read_ca(path: &std::path::Path) -> Result<RootCertStore, Dhis2Error> {
 
 /// The authorities the system trusts (`/etc/ssl/certs` and the like).
 fn system_roots() -> Result<RootCertStore, Dhis2Error> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    // A few unparsable entries in a system store are common and harmless.
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(Dhis2Error::bad_config(
+    tls::system_roots().ok_or_else(|| {
+        Dhis2Error::bad_config(
             "no trusted certificate authorities were found on this system to check DHIS2's certificate with; \
              install the ca-certificates package, or set HUB_DHIS2_CA_FILE",
-        ));
-    }
-    Ok(roots)
+        )
+    })
 }
 
 /// Percent-encodes a query parameter value (RFC 3986 unreserved kept).
