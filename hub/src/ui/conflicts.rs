@@ -159,8 +159,7 @@ pub async fn resolve(
     Path(id): Path<String>,
     raw: RawForm,
 ) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    let form = signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "conflicts";
     let id = id.parse::<Uuid>().map_err(|_| page.fail(Fail::NotFound))?;

@@ -21,7 +21,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::forms::{Fields, FormState, RawForm};
+use super::forms::{FormState, RawForm};
 use super::session::Signed;
 use super::{Fail, Page, UiError, render};
 use crate::AppState;
@@ -187,8 +187,7 @@ pub async fn exports(State(state): State<AppState>, Signed { mut page, .. }: Sig
 /// `POST /dhis2/exports`: fields `period`, `site` (blank: every site) and
 /// `dry_run` (a checkbox).
 pub async fn start_export(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    let form = signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "dhis2";
     let mut shown = form.redisplay();
@@ -415,8 +414,7 @@ pub async fn rerun(
     Path(id): Path<String>,
     raw: RawForm,
 ) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "dhis2";
     let job = find_job(&state, &page, &id).await?;

@@ -102,9 +102,12 @@ impl FromRequestParts<AppState> for Signed {
 }
 
 impl Signed {
-    /// Refuses the form unless it carries this session's CSRF token.
-    pub fn check_csrf(&self, form: &Fields) -> Result<(), UiError> {
-        csrf_verdict(ct_eq(form.get("csrf_token"), &self.page.csrf), &self.page)
+    /// The fields of a form posted in this session: a 400 page when the body
+    /// is not a form, a 403 unless it carries this session's CSRF token.
+    pub fn form(&self, raw: RawForm) -> Result<Fields, UiError> {
+        let form = Fields::read(raw, &self.page)?;
+        csrf_verdict(ct_eq(form.get("csrf_token"), &self.page.csrf), &self.page)?;
+        Ok(form)
     }
 }
 
@@ -187,8 +190,7 @@ pub async fn login(State(state): State<AppState>, anon: Anon, raw: RawForm) -> R
 }
 
 pub async fn logout(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     delete_session(&state.db, &signed.session_hash).await.map_err(|e| signed.page.internal(&e))?;
     tracing::info!(user = %signed.user.id, "admin web sign-out");
     Ok(see_other("/login", &[set_cookie(SESSION_COOKIE, "", 0, "Strict", https(&state.config))]))

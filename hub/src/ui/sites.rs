@@ -16,7 +16,7 @@ use santerurale_server::web::see_other;
 use santerurale_shared::{DeviceId, SiteId};
 use uuid::Uuid;
 
-use super::forms::{Fields, FormState, RawForm};
+use super::forms::{FormState, RawForm};
 use super::session::Signed;
 use super::{Fail, Page, UiError, https, render};
 use crate::AppState;
@@ -69,8 +69,7 @@ pub async fn list(State(state): State<AppState>, Signed { mut page, .. }: Signed
 }
 
 pub async fn create(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    let form = signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "sites";
     let new = NewSite {
@@ -141,8 +140,7 @@ pub async fn update(
     Path(id): Path<String>,
     raw: RawForm,
 ) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    let form = signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "sites";
     let row = find_site(&state, &page, &id).await?;
@@ -173,8 +171,7 @@ pub async fn create_token(
     headers: HeaderMap,
     raw: RawForm,
 ) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "sites";
     let row = find_site(&state, &page, &id).await?;
@@ -235,8 +232,7 @@ pub async fn revoke(
     Path((site, id)): Path<(String, String)>,
     raw: RawForm,
 ) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     let page = &signed.page;
     let (site, device) = find_device(&state, page, &site, &id).await?;
     crate::devices::revoke(&state.db, device.id).await.map_err(|e| page.internal(&e))?;

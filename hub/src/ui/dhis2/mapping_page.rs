@@ -19,7 +19,7 @@ use crate::dhis2::mapping::{self, Count, Indicator, LoadedMapping, Mapping, Mapp
 use crate::dhis2::payload::IdScheme;
 use crate::dhis2::period::PeriodType;
 use crate::dhis2::resolve::{self, ResolveReport};
-use crate::ui::forms::{Fields, RawForm};
+use crate::ui::forms::RawForm;
 use crate::ui::session::Signed;
 use crate::ui::{Page, UiError, render};
 
@@ -242,8 +242,7 @@ pub async fn show(State(state): State<AppState>, Signed { mut page, .. }: Signed
 /// it parses and validates; otherwise every problem is listed and nothing
 /// changes.
 pub async fn save(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    let form = signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "dhis2_mapping";
     let text = form.get("mapping");
@@ -270,8 +269,7 @@ pub async fn save(State(state): State<AppState>, signed: Signed, raw: RawForm) -
 /// `POST /dhis2/mapping/reset`: deletes the saved copy; the file (or the
 /// shipped default) is in force again.
 pub async fn reset(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     mapping::reset(&state.db).await.map_err(|e| signed.page.internal(&e))?;
     tracing::info!(user = %signed.user.id, "DHIS2 mapping reset to the file (web)");
     Ok(see_other("/dhis2/mapping", &[]))
@@ -280,8 +278,7 @@ pub async fn reset(State(state): State<AppState>, signed: Signed, raw: RawForm) 
 /// `POST /dhis2/mapping/resolve`: looks the codes up in DHIS2, saves the
 /// resolved mapping (and the sites' org unit uids), shows the report.
 pub async fn resolve_codes(State(state): State<AppState>, signed: Signed, raw: RawForm) -> Result<Response, UiError> {
-    let form = Fields::read(raw, &signed.page)?;
-    signed.check_csrf(&form)?;
+    signed.form(raw)?;
     let mut page = signed.page;
     page.nav = "dhis2_mapping";
     let fail = |message: String| (StatusCode::UNPROCESSABLE_ENTITY, None, Some(message));
