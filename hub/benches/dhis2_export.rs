@@ -36,12 +36,16 @@ use hub::dhis2::payload::DataValueSet;
 use hub::dhis2::period::Period;
 use time::macros::date;
 
+use crate::common::BenchDb;
+
+mod common;
+
 fn main() -> anyhow::Result<()> {
     let sites = env_usize("DHIS2_BENCH_SITES", 1_000)?;
     let encounters = env_usize("DHIS2_BENCH_ENCOUNTERS", 3_000)?;
     let runs = env_usize("DHIS2_BENCH_RUNS", 5)?.max(1);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let db = rt.block_on(BenchDb::create())?;
+    let db = rt.block_on(BenchDb::create("hub_bench_dhis2_"))?;
     let result = rt.block_on(run(&db, sites, encounters, runs));
     if std::env::var_os("DHIS2_BENCH_KEEP_DB").is_some() {
         eprintln!("kept the database {} (DHIS2_BENCH_KEEP_DB): drop it when done", db.name);
@@ -59,7 +63,7 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 }
 
 async fn run(db: &BenchDb, sites: usize, encounters: usize, runs: usize) -> anyhow::Result<()> {
-    let pool = db.pool()?;
+    let pool = db.pool(4)?;
     hub::db::migrate::run(&pool).await.context("migrations")?;
     let patients = (encounters / 3).max(1);
     println!(
@@ -278,39 +282,4 @@ async fn seed(pool: &deadpool_postgres::Pool, sites: usize, encounters: usize, p
         println!("  {what:<12} {:>8.1} s", t.elapsed().as_secs_f64());
     }
     Ok(())
-}
-
-/// A database of its own on the benchmark server, dropped at the end.
-struct BenchDb {
-    admin: tokio_postgres::Config,
-    name: String,
-}
-
-impl BenchDb {
-    async fn create() -> anyhow::Result<Self> {
-        let admin_url = std::env::var("HUB_BENCH_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin: tokio_postgres::Config = admin_url.parse().context("HUB_BENCH_ADMIN_URL")?;
-        let name = format!("hub_bench_dhis2_{}", uuid::Uuid::now_v7().simple());
-        connect(&admin).await?.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-        Ok(Self { admin, name })
-    }
-
-    fn pool(&self) -> anyhow::Result<deadpool_postgres::Pool> {
-        let mut config = self.admin.clone();
-        config.dbname(&self.name);
-        Ok(hub::db::pool(config, 4)?)
-    }
-
-    async fn drop_db(&self) -> anyhow::Result<()> {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        connect(&self.admin).await?.batch_execute(&sql).await?;
-        Ok(())
-    }
-}
-
-async fn connect(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
 }

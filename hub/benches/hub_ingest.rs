@@ -44,6 +44,10 @@ use santerurale_shared::sync::{
 };
 use santerurale_shared::{DeviceId, EncounterId, PatientId};
 
+use crate::common::BenchDb;
+
+mod common;
+
 const TARGET_CHANGES_PER_SEC: f64 = 10_000.0;
 const TARGET_RSS_MB: f64 = 300.0;
 /// The edge's batch ceiling (`shared/src/sync/push.rs`).
@@ -58,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         Err(_) => 100_000,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let db = rt.block_on(BenchDb::create())?;
+    let db = rt.block_on(BenchDb::create("hub_bench_"))?;
     let result = rt.block_on(run(&db, patients));
     if let Err(e) = rt.block_on(db.drop_db()) {
         eprintln!("could not drop {}: {e:#}", db.name);
@@ -205,49 +209,6 @@ impl Rate {
     }
 }
 
-/// A database of its own on the server, dropped at the end.
-struct BenchDb {
-    admin: tokio_postgres::Config,
-    admin_url: String,
-    name: String,
-}
-
-impl BenchDb {
-    async fn create() -> anyhow::Result<Self> {
-        let admin_url = std::env::var("HUB_BENCH_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let admin: tokio_postgres::Config = admin_url.parse().context("HUB_BENCH_ADMIN_URL")?;
-        let name = format!("hub_bench_{}", uuid::Uuid::now_v7().simple());
-        connect(&admin).await?.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-        Ok(Self { admin, admin_url, name })
-    }
-
-    fn url(&self) -> String {
-        match self.admin_url.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{}", self.name),
-            None => self.admin_url.clone(),
-        }
-    }
-
-    fn pool(&self) -> anyhow::Result<deadpool_postgres::Pool> {
-        let mut config = self.admin.clone();
-        config.dbname(&self.name);
-        Ok(hub::db::pool(config, 2)?)
-    }
-
-    async fn drop_db(&self) -> anyhow::Result<()> {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        connect(&self.admin).await?.batch_execute(&sql).await?;
-        Ok(())
-    }
-}
-
-async fn connect(config: &tokio_postgres::Config) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
 /// The `hub` binary serving plain HTTP on a loopback port.
 struct Hub {
     child: Child,
@@ -323,7 +284,7 @@ struct Device {
 
 impl Device {
     async fn enroll(db: &BenchDb, http: &reqwest::Client, base: &str) -> anyhow::Result<Self> {
-        let pool = db.pool()?;
+        let pool = db.pool(2)?;
         let site =
             hub::sites::NewSite { name: Some("CSCom Bench".into()), code: Some("BENCH".into()), ..Default::default() }
                 .validate()

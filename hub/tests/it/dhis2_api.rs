@@ -8,16 +8,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use hub::AppState;
-use hub::config::{Config, Dhis2Config};
+use hub::config::Dhis2Config;
 use reqwest::{Method, StatusCode};
 use santerurale_fixtures::dhis2::FakeDhis2;
 use santerurale_fixtures::openapi::{Schemas, Untyped};
 use santerurale_shared::SiteId;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 use crate::dhis2_jobs::{EXAMPLE_MAPPING, KATI_OU, VALUES_PER_SITE, add_site, add_visits, dhis2_config, last_month};
-use crate::support::TestDb;
+use crate::support::{TestDb, TestHub, count};
 
 fn schemas() -> &'static Schemas {
     static DOC: OnceLock<Schemas> = OnceLock::new();
@@ -26,51 +25,26 @@ fn schemas() -> &'static Schemas {
 
 /// A hub served on loopback with its export worker running.
 struct Hub {
-    base: String,
-    state: AppState,
-    http: reqwest::Client,
+    hub: TestHub,
     token: String,
     jobs: Option<hub::jobs::Jobs>,
-    shutdown: Option<oneshot::Sender<()>>,
-    _data: tempfile::TempDir,
-    _db: TestDb,
 }
 
 impl Hub {
     async fn start(dhis2: Dhis2Config) -> (Self, SiteId) {
-        let db = TestDb::new().await;
-        let pool = db.migrated_pool().await;
-        let kati = add_site(&pool, "KATI", Some(KATI_OU)).await;
-        let data = tempfile::tempdir().expect("tempdir");
-        let config = Config { data_dir: data.path().to_owned(), dhis2, ..Config::default() };
-        let state = AppState::new(config, pool).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(hub::serve(listener, state.clone(), async move {
-            let _ = rx.await;
-        }));
-        let jobs = hub::jobs::spawn(&state).await.expect("jobs");
-        let token = admin_token(&state).await;
-        let hub = Self {
-            base,
-            state,
-            http: reqwest::Client::new(),
-            token,
-            jobs: Some(jobs),
-            shutdown: Some(tx),
-            _data: data,
-            _db: db,
-        };
-        (hub, kati)
+        let hub = TestHub::configured(|c| c.dhis2 = dhis2).await;
+        let kati = add_site(&hub.state.db, "KATI", Some(KATI_OU)).await;
+        let jobs = hub::jobs::spawn(&hub.state).await.expect("jobs");
+        let token = admin_token(&hub.state).await;
+        (Self { hub, token, jobs: Some(jobs) }, kati)
     }
 
     fn pool(&self) -> &Pool {
-        &self.state.db
+        &self.hub.state.db
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let mut req = self.hub.http.request(method, self.hub.url(path)).bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -82,8 +56,9 @@ impl Hub {
 
     async fn put_text(&self, path: &str, content_type: &str, body: &str) -> (StatusCode, Value) {
         let resp = self
+            .hub
             .http
-            .put(format!("{}{path}", self.base))
+            .put(self.hub.url(path))
             .bearer_auth(&self.token)
             .header("content-type", content_type)
             .body(body.to_owned())
@@ -111,18 +86,14 @@ impl Hub {
     }
 
     async fn job_count(&self) -> i64 {
-        let db = self.pool().get().await.expect("conn");
-        db.query_one("SELECT count(*) FROM dhis2_export_jobs", &[]).await.expect("count").get(0)
+        count(&self.hub, "dhis2_export_jobs").await
     }
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        // The jobs stop before the server and the pool (the hub's own drop).
         drop(self.jobs.take());
-        self.state.db.close();
     }
 }
 
@@ -204,7 +175,7 @@ async fn an_export_from_the_api_reaches_dhis2_and_reports_back() {
     assert_eq!(first["superseded_by"], second["id"]);
 
     // The metrics.
-    let metrics = hub.http.get(format!("{}/metrics", hub.base)).send().await.expect("metrics");
+    let metrics = hub.hub.http.get(hub.hub.url("/metrics")).send().await.expect("metrics");
     let metrics = metrics.text().await.expect("text");
     assert!(metrics.contains("dhis2_export_jobs_total{status=\"succeeded\"} 2"), "{metrics}");
     assert!(metrics.contains(&format!("dhis2_values_sent_total {}", 2 * VALUES_PER_SITE)), "{metrics}");
@@ -259,7 +230,7 @@ async fn refused_exports_change_nothing() {
     assert_eq!((status, error_code(&error)), (StatusCode::BAD_REQUEST, "invalid_query"));
 
     // Without a token.
-    let resp = hub.http.post(format!("{}/api/v1/dhis2/export", hub.base)).json(&json!({ "period": "202404" }));
+    let resp = hub.hub.http.post(hub.hub.url("/api/v1/dhis2/export")).json(&json!({ "period": "202404" }));
     assert_eq!(resp.send().await.expect("send").status(), StatusCode::UNAUTHORIZED);
 
     assert_eq!(hub.job_count().await, 0, "no job was created");

@@ -4,163 +4,35 @@
 //! resolve against the fake DHIS2), the sites' org unit fields, CSRF on every
 //! new form, and the English switch.
 
-use std::collections::BTreeMap;
-
-use deadpool_postgres::Pool;
-use hub::AppState;
-use hub::config::{Config, Secret};
+use hub::config::Secret;
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use santerurale_fixtures::dhis2::{FakeDhis2, PASSWORD, USERNAME};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::support::TestDb;
+use crate::browser::Browser;
+use crate::support::{TestHub, count};
 
-/// A hub serving a config of the test's choosing; stopped when dropped.
-struct Hub {
-    base: String,
-    state: AppState,
-    shutdown: Option<oneshot::Sender<()>>,
-    _data: tempfile::TempDir,
-    _db: TestDb,
+/// A hub reaching `dhis2` with basic authentication.
+async fn hub_with_dhis2(dhis2: &FakeDhis2) -> TestHub {
+    let url = dhis2.url();
+    TestHub::configured(move |c| {
+        c.dhis2.url = Some(url);
+        c.dhis2.username = Some(USERNAME.into());
+        c.dhis2.password = Some(Secret(PASSWORD.into()));
+    })
+    .await
 }
 
-impl Hub {
-    /// A hub without DHIS2 settings.
-    async fn start() -> Self {
-        Self::with(|_| {}).await
-    }
-
-    /// A hub reaching `dhis2` with basic authentication.
-    async fn with_dhis2(dhis2: &FakeDhis2) -> Self {
-        let url = dhis2.url();
-        Self::with(move |c| {
-            c.dhis2.url = Some(url);
-            c.dhis2.username = Some(USERNAME.into());
-            c.dhis2.password = Some(Secret(PASSWORD.into()));
-        })
-        .await
-    }
-
-    async fn with(configure: impl FnOnce(&mut Config)) -> Self {
-        let db = TestDb::new().await;
-        let pool = db.migrated_pool().await;
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut config = Config { data_dir: data.path().to_owned(), ..Config::default() };
-        configure(&mut config);
-        let state = AppState::new(config, pool).expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(hub::serve(listener, state.clone(), async move {
-            let _ = rx.await;
-        }));
-        Self { base, state, shutdown: Some(tx), _data: data, _db: db }
-    }
-
-    fn pool(&self) -> &Pool {
-        &self.state.db
-    }
-
-    async fn count(&self, what: &str) -> i64 {
-        let client = self.pool().get().await.expect("conn");
-        client.query_one(&format!("SELECT count(*) FROM {what}"), &[]).await.expect("count").get(0)
-    }
-
-    /// A site made directly, with its DHIS2 org unit code.
-    async fn site(&self, name: &str, code: &str, org_unit_code: Option<&str>) -> Uuid {
-        let site = hub::sites::NewSite {
-            name: Some(name.into()),
-            code: Some(code.into()),
-            dhis2_org_unit: None,
-            dhis2_org_unit_code: org_unit_code.map(Into::into),
-        };
-        let site = hub::sites::insert(self.pool(), &site.validate().expect("valid")).await.expect("insert");
-        *site.id.as_uuid()
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.state.db.close();
-    }
-}
-
-/// A browser without redirects or script, signed in as admin `awa`.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
-}
-
-struct Page {
-    status: StatusCode,
-    location: String,
-    body: String,
-}
-
-impl Browser {
-    /// A live session made directly in the database (no argon2: slow on 2 cores).
-    async fn signed_in(hub: &Hub) -> Self {
-        let client = hub.pool().get().await.expect("conn");
-        let user = Uuid::now_v7();
-        client
-            .execute("INSERT INTO users (id, username, password_hash, role) VALUES ($1, 'awa', 'x', 'admin')", &[&user])
-            .await
-            .expect("user");
-        let token = santerurale_server::tokens::random_token();
-        let csrf = santerurale_server::tokens::random_token();
-        client
-            .execute(
-                "INSERT INTO ui_sessions (token_hash, user_id, csrf_token, expires_at)
-                 VALUES ($1, $2, $3, now() + interval '1 hour')",
-                &[&santerurale_server::tokens::hash_token(&token), &user, &csrf],
-            )
-            .await
-            .expect("session");
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        let cookies = BTreeMap::from([("sr_session".to_owned(), token)]);
-        Self { http, base: hub.base.clone(), cookies }
-    }
-
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
-        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        let resp = req.header(COOKIE, cookie).send().await.expect("send");
-        for set in resp.headers().get_all(SET_COOKIE) {
-            let set = set.to_str().expect("ascii");
-            let pair = set.split(';').next().unwrap_or(set);
-            let (name, value) = pair.split_once('=').expect("name=value");
-            self.cookies.insert(name.to_owned(), value.to_owned());
-        }
-        let status = resp.status();
-        let location = resp.headers().get(LOCATION).map(|v| v.to_str().expect("ascii").to_owned()).unwrap_or_default();
-        Page { status, location, body: resp.text().await.expect("body") }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let req = self.http.get(format!("{}{path}", self.base));
-        self.send(req).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let req = self.http.post(format!("{}{path}", self.base)).form(form);
-        self.send(req).await
-    }
-
-    /// Posts `form` with the CSRF token of the page at `from`.
-    async fn submit(&mut self, from: &str, path: &str, form: &[(&str, &str)]) -> Page {
-        let page = self.get(from).await;
-        assert_eq!(page.status, StatusCode::OK, "{from}: {}", page.body);
-        let (_, rest) = page.body.split_once("name=\"csrf_token\" value=\"").expect("a form with a CSRF token");
-        let token = rest.split('"').next().expect("value").to_owned();
-        let mut fields = form.to_vec();
-        fields.push(("csrf_token", &token));
-        self.post(path, &fields).await
-    }
+/// A site made directly, with its DHIS2 org unit code.
+async fn site(hub: &TestHub, name: &str, code: &str, org_unit_code: Option<&str>) -> Uuid {
+    let site = hub::sites::NewSite {
+        name: Some(name.into()),
+        code: Some(code.into()),
+        dhis2_org_unit: None,
+        dhis2_org_unit_code: org_unit_code.map(Into::into),
+    };
+    let site = hub::sites::insert(&hub.state.db, &site.validate().expect("valid")).await.expect("insert");
+    *site.id.as_uuid()
 }
 
 /// The previous month, as the export form proposes it.
@@ -181,8 +53,8 @@ fn listed_jobs(html: &str) -> Vec<String> {
 }
 
 /// The statuses and triggers of the jobs, oldest first.
-async fn jobs(hub: &Hub) -> Vec<(Uuid, String, bool, String, Option<Uuid>)> {
-    let client = hub.pool().get().await.expect("conn");
+async fn jobs(hub: &TestHub) -> Vec<(Uuid, String, bool, String, Option<Uuid>)> {
+    let client = hub.state.db.get().await.expect("conn");
     client
         .query("SELECT id, status, dry_run, trigger, rerun_of FROM dhis2_export_jobs ORDER BY created_at, id", &[])
         .await
@@ -194,9 +66,9 @@ async fn jobs(hub: &Hub) -> Vec<(Uuid, String, bool, String, Option<Uuid>)> {
 
 #[tokio::test]
 async fn an_export_started_from_the_form_is_listed() {
-    let hub = Hub::start().await;
-    let kati = hub.site("CSCom de Kati", "KATI", Some("OU_KATI")).await;
-    hub.site("CSCom de Siby", "SIBY", None).await;
+    let hub = TestHub::start().await;
+    let kati = site(&hub, "CSCom de Kati", "KATI", Some("OU_KATI")).await;
+    site(&hub, "CSCom de Siby", "SIBY", None).await;
     let mut browser = Browser::signed_in(&hub).await;
 
     let page = browser.get("/dhis2").await;
@@ -241,8 +113,8 @@ async fn an_export_started_from_the_form_is_listed() {
 
 #[tokio::test]
 async fn a_bad_export_form_shows_field_errors_and_creates_nothing() {
-    let hub = Hub::start().await;
-    hub.site("CSCom de Kati", "KATI", None).await;
+    let hub = TestHub::start().await;
+    site(&hub, "CSCom de Kati", "KATI", None).await;
     let mut browser = Browser::signed_in(&hub).await;
     let cases: [(&str, &str, &str, &str); 6] = [
         ("2024-04", "", "period", "Une période DHIS2"),
@@ -264,12 +136,12 @@ async fn a_bad_export_form_shows_field_errors_and_creates_nothing() {
     }
     let page = browser.submit("/dhis2", "/dhis2/exports", &[("period", "202404"), ("site", "not-a-uuid")]).await;
     assert!(page.body.contains("id=\"error-site\">Ce site n&#39;existe pas"), "{}", page.body);
-    assert_eq!(hub.count("dhis2_export_jobs").await, 0);
+    assert_eq!(count(&hub, "dhis2_export_jobs").await, 0);
 }
 
 /// A finished job with conflicts, as the worker records one (E7640 locked
 /// period, E7613 bad combo, and one without a code, as DHIS2 2.37 sends).
-async fn finished_job_with_conflicts(hub: &Hub, site: Uuid) -> Uuid {
+async fn finished_job_with_conflicts(hub: &TestHub, site: Uuid) -> Uuid {
     let id = Uuid::now_v7();
     let payload = serde_json::json!({
         "dataSet": "srMonthly01", "period": "202404", "orgUnit": "ouKati00001", "completeDate": "2024-05-02",
@@ -284,7 +156,7 @@ async fn finished_job_with_conflicts(hub: &Hub, site: Uuid) -> Uuid {
         {"error_code": null, "object": "ouKati00001", "message": "Something DHIS2 said"}
     ]);
     let response = serde_json::json!({"httpStatusCode": 409, "status": "WARNING", "response": {"status": "WARNING"}});
-    let client = hub.pool().get().await.expect("conn");
+    let client = hub.state.db.get().await.expect("conn");
     client
         .execute(
             "INSERT INTO dhis2_export_jobs (id, period, site_id, dry_run, status, trigger, attempts, payload,
@@ -301,8 +173,8 @@ async fn finished_job_with_conflicts(hub: &Hub, site: Uuid) -> Uuid {
 
 #[tokio::test]
 async fn a_job_page_explains_its_conflicts_and_rerun_makes_a_new_job() {
-    let hub = Hub::start().await;
-    let site = hub.site("CSCom de Kati", "KATI", Some("OU_KATI")).await;
+    let hub = TestHub::start().await;
+    let site = site(&hub, "CSCom de Kati", "KATI", Some("OU_KATI")).await;
     let mut browser = Browser::signed_in(&hub).await;
     // The mapping in force names the objects of the payload.
     let example = include_str!("../../../fixtures/dhis2/mapping.example.toml");
@@ -360,7 +232,7 @@ async fn a_job_page_explains_its_conflicts_and_rerun_makes_a_new_job() {
 
 #[tokio::test]
 async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
-    let hub = Hub::start().await;
+    let hub = TestHub::start().await;
     let mut browser = Browser::signed_in(&hub).await;
     let page = browser.get("/dhis2/mapping").await;
     assert_eq!(page.status, StatusCode::OK);
@@ -387,7 +259,7 @@ async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     let problems = page.body.split("id=\"mapping-problems\"").nth(1).expect("problems");
     assert!(problems.contains("filter.sex"), "{problems}");
-    assert_eq!(hub.count("dhis2_mapping").await, 0, "nothing saved");
+    assert_eq!(count(&hub, "dhis2_mapping").await, 0, "nothing saved");
     assert!(browser.get("/dhis2/mapping").await.body.contains("correspondance par défaut du hub"));
 
     // Valid: saved, in force.
@@ -395,7 +267,7 @@ async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
     assert_ne!(renamed, default);
     let page = browser.submit("/dhis2/mapping", "/dhis2/mapping", &[("mapping", &renamed)]).await;
     assert_eq!((page.status, page.location.as_str()), (StatusCode::SEE_OTHER, "/dhis2/mapping"), "{}", page.body);
-    let loaded = hub::dhis2::mapping::load(hub.pool(), &hub.state.config.dhis2).await.expect("load");
+    let loaded = hub::dhis2::mapping::load(&hub.state.db, &hub.state.config.dhis2).await.expect("load");
     assert_eq!(loaded.mapping.indicators[0].name, "Consultations totales");
     let page = browser.get("/dhis2/mapping").await;
     assert!(page.body.contains("id=\"mapping-source\">enregistrée dans le hub le"), "{}", page.body);
@@ -404,11 +276,11 @@ async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
 
     let page = browser.submit("/dhis2/mapping", "/dhis2/mapping/reset", &[]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
-    assert_eq!(hub.count("dhis2_mapping").await, 0);
+    assert_eq!(count(&hub, "dhis2_mapping").await, 0);
     assert!(browser.get("/dhis2/mapping").await.body.contains("correspondance par défaut du hub"));
 
     // A saved copy that no longer validates: the page says so and offers the reset.
-    let client = hub.pool().get().await.expect("conn");
+    let client = hub.state.db.get().await.expect("conn");
     let broken = r#"{"data_set": {"code": "SR_MONTHLY"}, "indicators": []}"#;
     client.execute("INSERT INTO dhis2_mapping (mapping) VALUES ($1::text::jsonb)", &[&broken]).await.expect("insert");
     let page = browser.get("/dhis2/mapping").await;
@@ -419,7 +291,7 @@ async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
     let refused = browser.submit("/dhis2", "/dhis2/exports", &[("period", "202404"), ("site", "")]).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(refused.body.contains("id=\"export-alert\">La correspondance DHIS2 en vigueur est inutilisable"));
-    assert_eq!(hub.count("dhis2_export_jobs").await, 0);
+    assert_eq!(count(&hub, "dhis2_export_jobs").await, 0);
     let page = browser.submit("/dhis2/mapping", "/dhis2/mapping/reset", &[]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert!(browser.get("/dhis2/mapping").await.body.contains("correspondance par défaut du hub"));
@@ -429,16 +301,16 @@ async fn the_mapping_is_saved_only_when_valid_and_reset_to_the_file() {
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
     let error = page.body.split("id=\"resolve-error\">").nth(1).expect("an error");
     assert!(error.starts_with("Non configuré") && error.contains("HUB_DHIS2_URL"), "{error}");
-    assert_eq!(hub.count("dhis2_mapping").await, 0);
+    assert_eq!(count(&hub, "dhis2_mapping").await, 0);
 }
 
 #[tokio::test]
 async fn resolving_fills_the_uids_and_an_export_shows_dhis2s_conflicts() {
     let dhis2 = FakeDhis2::start().await;
-    let hub = Hub::with_dhis2(&dhis2).await;
-    let kati = hub.site("CSCom de Kati", "KATI", Some("OU_KATI")).await;
-    let other = hub.site("CSCom de Nulle Part", "NULLE", Some("OU_UNASSIGNED")).await;
-    hub.site("CSCom de Siby", "SIBY", Some("OU_NOWHERE")).await;
+    let hub = hub_with_dhis2(&dhis2).await;
+    let kati = site(&hub, "CSCom de Kati", "KATI", Some("OU_KATI")).await;
+    let other = site(&hub, "CSCom de Nulle Part", "NULLE", Some("OU_UNASSIGNED")).await;
+    site(&hub, "CSCom de Siby", "SIBY", Some("OU_NOWHERE")).await;
     let mut browser = Browser::signed_in(&hub).await;
     let page = browser.get("/dhis2").await;
     assert!(page.body.contains(&format!("<code id=\"dhis2-url\">{}</code>", dhis2.url())), "{}", page.body);
@@ -457,7 +329,7 @@ async fn resolving_fills_the_uids_and_an_export_shows_dhis2s_conflicts() {
     assert!(missing.contains("<code class=\"missing-code\">OU_NOWHERE</code>"), "{missing}");
     assert!(!page.body.contains("id=\"missing-uids\""), "every mapping uid is filled: {}", page.body);
     assert!(page.body.contains("enregistrée dans le hub le"));
-    assert_eq!(hub.count("sites WHERE dhis2_org_unit = 'ouKati00001'").await, 1, "the site's uid is filled");
+    assert_eq!(count(&hub, "sites WHERE dhis2_org_unit = 'ouKati00001'").await, 1, "the site's uid is filled");
 
     // An export to the unassigned org unit: the fake DHIS2 answers E7636 conflicts.
     let other = other.to_string();
@@ -490,8 +362,8 @@ async fn resolving_fills_the_uids_and_an_export_shows_dhis2s_conflicts() {
 
 #[tokio::test]
 async fn every_dhis2_form_refuses_a_missing_csrf_token() {
-    let hub = Hub::start().await;
-    let site = hub.site("CSCom de Kati", "KATI", None).await;
+    let hub = TestHub::start().await;
+    let site = site(&hub, "CSCom de Kati", "KATI", None).await;
     let job = finished_job_with_conflicts(&hub, site).await;
     let mut browser = Browser::signed_in(&hub).await;
     let forms = [
@@ -518,14 +390,14 @@ async fn every_dhis2_form_refuses_a_missing_csrf_token() {
             assert!(page.body.contains("Formulaire expiré"), "{}", page.body);
         }
     }
-    assert_eq!(hub.count("dhis2_export_jobs").await, 1);
-    assert_eq!(hub.count("dhis2_mapping").await, 0);
-    assert_eq!(hub.count("sites WHERE name = 'CSCom de Kati' AND dhis2_org_unit_code IS NULL").await, 1);
+    assert_eq!(count(&hub, "dhis2_export_jobs").await, 1);
+    assert_eq!(count(&hub, "dhis2_mapping").await, 0);
+    assert_eq!(count(&hub, "sites WHERE name = 'CSCom de Kati' AND dhis2_org_unit_code IS NULL").await, 1);
 }
 
 #[tokio::test]
 async fn a_sites_org_unit_is_edited_on_its_page_and_listed() {
-    let hub = Hub::start().await;
+    let hub = TestHub::start().await;
     let mut browser = Browser::signed_in(&hub).await;
     let form =
         [("name", "CSCom de Kati"), ("code", "kati"), ("dhis2_org_unit_code", "OU_KATI"), ("dhis2_org_unit", "")];
@@ -543,7 +415,7 @@ async fn a_sites_org_unit_is_edited_on_its_page_and_listed() {
     assert!(page.body.contains("id=\"error-name\">Ce champ est obligatoire."), "{}", page.body);
     assert!(page.body.contains("id=\"error-dhis2_org_unit_code\">50 caractères au plus"), "{}", page.body);
     assert!(page.body.contains("id=\"error-dhis2_org_unit\">Un identifiant DHIS2"), "{}", page.body);
-    assert_eq!(hub.count("sites WHERE dhis2_org_unit_code = 'OU_KATI'").await, 1, "nothing changed");
+    assert_eq!(count(&hub, "sites WHERE dhis2_org_unit_code = 'OU_KATI'").await, 1, "nothing changed");
 
     let form = [("name", "CSCom de Kati-Ville"), ("dhis2_org_unit_code", "OU_KATI"), ("dhis2_org_unit", "ouKati00001")];
     let done = browser.submit(&site, &site, &form).await;
@@ -557,9 +429,9 @@ async fn a_sites_org_unit_is_edited_on_its_page_and_listed() {
     let form =
         [("name", "CSCom de Kati-Ville"), ("dhis2_org_unit_code", "OU_KATI2"), ("dhis2_org_unit", "ouKati00001")];
     browser.submit(&site, &site, &form).await;
-    assert_eq!(hub.count("sites WHERE dhis2_org_unit = 'ouKati00001' AND dhis2_org_unit_code = 'OU_KATI2'").await, 1);
+    assert_eq!(count(&hub, "sites WHERE dhis2_org_unit = 'ouKati00001' AND dhis2_org_unit_code = 'OU_KATI2'").await, 1);
     // Blank fields clear them.
     let form = [("name", "CSCom de Kati-Ville"), ("dhis2_org_unit_code", ""), ("dhis2_org_unit", "")];
     browser.submit(&site, &site, &form).await;
-    assert_eq!(hub.count("sites WHERE dhis2_org_unit IS NULL AND dhis2_org_unit_code IS NULL").await, 1, "cleared");
+    assert_eq!(count(&hub, "sites WHERE dhis2_org_unit IS NULL AND dhis2_org_unit_code IS NULL").await, 1, "cleared");
 }

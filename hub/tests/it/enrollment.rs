@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{TestDevice, TestHub, count, create_site, enrollment_token};
+use crate::support::{TestDevice, TestHub, count, create_site, enrollment_token, get_json};
 
 async fn error_code(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
@@ -93,16 +93,7 @@ async fn a_device_enrolls_once_per_token() {
         .get(0);
     assert_eq!(&spent_by, device.id.as_uuid());
 
-    let list: Vec<Value> = hub
-        .http
-        .get(hub.url(&format!("/api/v1/sites/{site}/devices")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&hub, &admin, &format!("/api/v1/sites/{site}/devices")).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], device.id.to_string());
     assert_eq!(list[0]["public_key"], device.public_key());
@@ -209,16 +200,7 @@ async fn revocation_is_for_admins_and_shows_in_the_list() {
     let revoked: Value = resp.json().await.expect("json");
     assert!(revoked["revoked_at"].is_string());
 
-    let list: Vec<Value> = hub
-        .http
-        .get(hub.url(&format!("/api/v1/sites/{site}/devices")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&hub, &admin, &format!("/api/v1/sites/{site}/devices")).await;
     assert_eq!(list[0]["revoked_at"], revoked["revoked_at"]);
     let resp = hub
         .http

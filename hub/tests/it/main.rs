@@ -2,6 +2,7 @@
 //! [`support`]), real HTTP on loopback. One module per scenario.
 
 mod auth;
+mod browser;
 mod cli;
 mod conflicts;
 mod dhis2_aggregate;

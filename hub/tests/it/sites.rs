@@ -3,47 +3,26 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::TestHub;
+use crate::support::{TestHub, get_json, post_site};
 
 #[tokio::test]
 async fn create_then_list() {
     let hub = TestHub::start().await;
     let token = hub.admin_token().await;
-    let resp = hub
-        .http
-        .post(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "CSCom de Kati", "code": "kati-01", "dhis2_org_unit": "DiszpKrYNg8" }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let site: Value = resp.json().await.expect("json");
+    let site = post_site(
+        &hub,
+        &token,
+        &json!({ "name": "CSCom de Kati", "code": "kati-01", "dhis2_org_unit": "DiszpKrYNg8" }),
+    )
+    .await;
     assert_eq!(site["code"], "KATI-01");
     assert_eq!(site["dhis2_org_unit"], "DiszpKrYNg8");
     let id = site["id"].as_str().expect("id");
     assert!(id.parse::<uuid::Uuid>().is_ok());
 
-    let resp = hub
-        .http
-        .post(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "CSCom de Bamako", "code": "BKO" }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    post_site(&hub, &token, &json!({ "name": "CSCom de Bamako", "code": "BKO" })).await;
 
-    let list: Vec<Value> = hub
-        .http
-        .get(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&hub, &token, "/api/v1/sites").await;
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["name"], "CSCom de Bamako");
     assert_eq!(list[0]["dhis2_org_unit"], Value::Null);
@@ -88,16 +67,12 @@ async fn invalid_input_is_422_and_a_taken_code_409() {
 async fn patch_changes_the_org_unit_fields_and_only_those_given() {
     let hub = TestHub::start().await;
     let token = hub.admin_bearer();
-    let resp = hub
-        .http
-        .post(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "CSCom de Kati", "code": "KATI", "dhis2_org_unit_code": " OU_KATI " }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let site: Value = resp.json().await.expect("json");
+    let site = post_site(
+        &hub,
+        &token,
+        &json!({ "name": "CSCom de Kati", "code": "KATI", "dhis2_org_unit_code": " OU_KATI " }),
+    )
+    .await;
     assert_eq!((site["dhis2_org_unit_code"].as_str(), &site["dhis2_org_unit"]), (Some("OU_KATI"), &Value::Null));
     let path = format!("/api/v1/sites/{}", site["id"].as_str().expect("id"));
     let patch = |body: Value| hub.http.patch(hub.url(&path)).bearer_auth(&token).json(&body).send();
@@ -129,16 +104,7 @@ async fn patch_changes_the_org_unit_fields_and_only_those_given() {
         .await
         .expect("json");
     assert_eq!((&got["dhis2_org_unit"], &got["dhis2_org_unit_code"]), (&Value::Null, &Value::Null));
-    let list: Vec<Value> = hub
-        .http
-        .get(hub.url("/api/v1/sites"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let list: Vec<Value> = get_json(&hub, &token, "/api/v1/sites").await;
     assert_eq!(list, [got]);
 
     // Refusals.

@@ -157,15 +157,26 @@ pub struct TestHub {
 
 impl TestHub {
     pub async fn start() -> Self {
+        Self::configured(|_| {}).await
+    }
+
+    /// A hub on a fresh database, its config changed by `configure` first
+    /// (`data_dir` is a temporary directory already).
+    pub async fn configured(configure: impl FnOnce(&mut Config)) -> Self {
         let db = TestDb::new().await;
         let pool = db.migrated_pool().await;
-        Self::with_pool(db, pool).await
+        Self::serve(db, pool, configure).await
     }
 
     /// A hub on `pool`, whatever database it reaches.
     pub async fn with_pool(db: TestDb, pool: Pool) -> Self {
+        Self::serve(db, pool, |_| {}).await
+    }
+
+    async fn serve(db: TestDb, pool: Pool, configure: impl FnOnce(&mut Config)) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
-        let config = Config { data_dir: data.path().to_owned(), ..Config::default() };
+        let mut config = Config { data_dir: data.path().to_owned(), ..Config::default() };
+        configure(&mut config);
         let state = AppState::new(config, pool).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -227,17 +238,20 @@ impl Drop for TestHub {
 
 /// `POST /api/v1/sites`: the new site's id.
 pub async fn create_site(hub: &TestHub, admin: &str, code: &str) -> String {
-    let resp = hub
-        .http
-        .post(hub.url("/api/v1/sites"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({ "name": format!("CSCom {code}"), "code": code }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
-    let site: serde_json::Value = resp.json().await.expect("json");
+    let site = post_site(hub, admin, &serde_json::json!({ "name": format!("CSCom {code}"), "code": code })).await;
     site["id"].as_str().expect("id").to_owned()
+}
+
+/// `POST /api/v1/sites` with `body`, which must create it: the new site.
+pub async fn post_site(hub: &TestHub, token: &str, body: &serde_json::Value) -> serde_json::Value {
+    let resp = hub.http.post(hub.url("/api/v1/sites")).bearer_auth(token).json(body).send().await.expect("send");
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    resp.json().await.expect("json")
+}
+
+/// `GET path` with `token`: the JSON answer.
+pub async fn get_json<T: serde::de::DeserializeOwned>(hub: &TestHub, token: &str, path: &str) -> T {
+    hub.http.get(hub.url(path)).bearer_auth(token).send().await.expect("send").json().await.expect("json")
 }
 
 /// `POST /api/v1/sites/{id}/enrollment-tokens`: the token.
