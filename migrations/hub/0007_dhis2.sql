@@ -18,7 +18,8 @@ CREATE TABLE dhis2_mapping (
 -- row lock (`FOR UPDATE SKIP LOCKED`) and holds a lease (`lease_until`) while
 -- it talks to DHIS2; a job whose lease ran out while `running` belongs to a
 -- hub that died mid-job and is claimed again. `payload` is fixed at the first
--- attempt, so every retry sends exactly what is recorded. `superseded_by`
+-- attempt, with the id scheme it was written in, so every retry sends
+-- exactly what is recorded even if the mapping changed since. `superseded_by`
 -- names the later export of the same period and site whose values DHIS2
 -- accepted (a pending earlier job is then not run at all: status superseded).
 CREATE TABLE dhis2_export_jobs (
@@ -36,6 +37,7 @@ CREATE TABLE dhis2_export_jobs (
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     lease_until     timestamptz,
     payload         jsonb,                  -- the dataValueSet sent
+    id_scheme       text CHECK (id_scheme IN ('uid', 'code')),  -- how `payload` names objects (sent as idScheme)
     values_count    integer,
     response_status integer,                -- HTTP status of the last answer
     response        jsonb,                  -- the last answer as received (a JSON string when it was not JSON)

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use hub::config::{Config, Dhis2Config, Secret};
+use hub::dhis2::mapping::Mapping;
+use hub::dhis2::payload::IdScheme;
 use hub::dhis2::period::{Period, PeriodType};
 use hub::jobs::dhis2_export::{self, ExportJob, JobStatus, NewExport, Trigger, WorkerContext};
 use hub::metrics::Metrics;
@@ -472,6 +474,43 @@ async fn a_dead_hubs_job_is_taken_up_after_its_lease_with_the_stored_payload() {
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].body, stored, "the retry sends the stored payload, not a recount");
     assert_eq!(s.kati_values().get(&(CONS_TOTAL.into(), DEFAULT_COC.into())).map(String::as_str), Some("7"));
+}
+
+#[tokio::test]
+async fn a_retry_sends_the_stored_payload_in_its_own_id_scheme_after_the_mapping_changed() {
+    let s = Setup::new().await;
+    s.fake.fail_next(1, Failure::Status(503));
+    let created = export(&s.pool, &s.config, s.period, s.kati, false).await;
+    let ctx = s.ctx();
+    dhis2_export::run_one(&ctx).await.expect("run").expect("a job was due");
+    let stored = job(&s.pool, created.id).await.payload.expect("payload stored, in uids");
+
+    // Meanwhile an admin switches the mapping to codes.
+    let mut mapping = Mapping::parse(&std::fs::read_to_string(EXAMPLE_MAPPING).expect("example")).expect("parse");
+    mapping.id_scheme = IdScheme::Code;
+    hub::dhis2::mapping::save(&s.pool, &mapping, None).await.expect("save");
+
+    let done = run_to_end(&ctx, created.id).await;
+    assert_eq!((done.status, done.attempts), (JobStatus::Succeeded, 2), "{done:?}");
+    let received = s.fake.received();
+    assert_eq!(received.len(), 2);
+    for r in &received {
+        assert_eq!(r.body, stored);
+        assert_eq!(r.query.get("idScheme").map(String::as_str), Some("UID"), "{:?}", r.query);
+    }
+    assert_eq!(s.kati_values().get(&(CONS_TOTAL.into(), DEFAULT_COC.into())).map(String::as_str), Some("3"));
+
+    // A new export is written in codes, and sent as such.
+    let conn = s.pool.get().await.expect("conn");
+    conn.execute("UPDATE sites SET dhis2_org_unit_code = 'OU_KATI' WHERE id = $1", &[s.kati.as_uuid()])
+        .await
+        .expect("org unit code");
+    let second = export(&s.pool, &s.config, s.period, s.kati, false).await;
+    let done = run_to_end(&ctx, second.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    let last = s.fake.received().pop().expect("sent");
+    assert_eq!(last.query.get("idScheme").map(String::as_str), Some("CODE"));
+    assert_eq!(last.body["orgUnit"], "OU_KATI", "{}", last.body);
 }
 
 #[tokio::test]

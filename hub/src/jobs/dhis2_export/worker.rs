@@ -19,7 +19,7 @@ use crate::db::DbError;
 use crate::dhis2::aggregate::{self, AggregateError};
 use crate::dhis2::client::{Dhis2Client, ImportAnswer, ImportOptions};
 use crate::dhis2::mapping::{self, MappingError};
-use crate::dhis2::payload::{DataValueSet, ImportStatus};
+use crate::dhis2::payload::{DataValueSet, IdScheme, ImportStatus};
 use crate::dhis2::period::Period;
 use crate::metrics::Metrics;
 
@@ -60,6 +60,8 @@ struct Claim {
     site_code: String,
     dry_run: bool,
     payload: Option<String>,
+    /// How `payload` names objects (`uid` or `code`), stored with it.
+    id_scheme: Option<String>,
     created_at: OffsetDateTime,
 }
 
@@ -108,7 +110,8 @@ async fn claim(ctx: &WorkerContext) -> Result<Option<Claim>, ExportError> {
                                OR (status = 'running' AND lease_until < now())
                             ORDER BY next_attempt_at, created_at
                             FOR UPDATE SKIP LOCKED LIMIT 1)
-                RETURNING id, attempts, lease_until, period, site_id, dry_run, payload::text AS payload, created_at)
+                RETURNING id, attempts, lease_until, period, site_id, dry_run, payload::text AS payload, id_scheme,
+                          created_at)
              SELECT c.*, s.code AS site_code FROM claimed c JOIN sites s ON s.id = c.site_id",
             &[&lease],
         )
@@ -123,6 +126,7 @@ async fn claim(ctx: &WorkerContext) -> Result<Option<Claim>, ExportError> {
         site_code: r.try_get("site_code")?,
         dry_run: r.try_get("dry_run")?,
         payload: r.try_get("payload")?,
+        id_scheme: r.try_get("id_scheme")?,
         created_at: r.try_get("created_at")?,
     }))
 }
@@ -155,6 +159,18 @@ async fn attempt(ctx: &WorkerContext, claim: &Claim) -> Result<Outcome, ExportEr
         Ok(client) => client,
         Err(message) => return Ok(Outcome::failed(message.clone())),
     };
+    let parse = |stored: &str| serde_json::from_str::<DataValueSet>(stored);
+    // A stored payload is sent as it was written, in its own id scheme,
+    // whatever the mapping says now.
+    if let (Some(stored), Some(scheme)) = (&claim.payload, claim.id_scheme.as_deref()) {
+        let set = match parse(stored) {
+            Ok(set) => set,
+            Err(e) => return Ok(Outcome::failed(format!("the stored payload cannot be read: {e}"))),
+        };
+        drop(db);
+        let id_scheme = if scheme == "code" { IdScheme::Code } else { IdScheme::Uid };
+        return Ok(send(client, claim, &set, id_scheme).await);
+    }
     let mapping = match mapping::load(&ctx.pool, &ctx.config.dhis2).await {
         Ok(loaded) => loaded.mapping,
         // The database is down: the job is taken up again after its lease.
@@ -162,7 +178,7 @@ async fn attempt(ctx: &WorkerContext, claim: &Claim) -> Result<Outcome, ExportEr
         Err(e) => return Ok(Outcome::failed(format!("cannot load the DHIS2 mapping: {}", crate::error_chain(&e)))),
     };
     let set: DataValueSet = match &claim.payload {
-        Some(stored) => match serde_json::from_str(stored) {
+        Some(stored) => match parse(stored) {
             Ok(set) => set,
             Err(e) => return Ok(Outcome::failed(format!("the stored payload cannot be read: {e}"))),
         },
@@ -173,10 +189,17 @@ async fn attempt(ctx: &WorkerContext, claim: &Claim) -> Result<Outcome, ExportEr
             };
             let text = serde_json::to_string(&set).map_err(|e| DbError::Invalid(format!("payload: {e}")))?;
             let count = i32::try_from(set.data_values.len()).unwrap_or(i32::MAX);
+            let scheme = match mapping.id_scheme {
+                IdScheme::Uid => "uid",
+                IdScheme::Code => "code",
+            };
             let stored = db
                 .execute(
-                    &format!("UPDATE dhis2_export_jobs SET payload = $4::text::jsonb, values_count = $5 WHERE {HELD}"),
-                    &[&claim.id, &claim.lease_until, &claim.attempts, &text, &count],
+                    &format!(
+                        "UPDATE dhis2_export_jobs SET payload = $4::text::jsonb, values_count = $5, id_scheme = $6 \
+                         WHERE {HELD}"
+                    ),
+                    &[&claim.id, &claim.lease_until, &claim.attempts, &text, &count, &scheme],
                 )
                 .await?;
             if stored == 0 {
@@ -186,8 +209,13 @@ async fn attempt(ctx: &WorkerContext, claim: &Claim) -> Result<Outcome, ExportEr
         }
     };
     drop(db);
-    let options = ImportOptions { dry_run: claim.dry_run, id_scheme: mapping.id_scheme };
-    Ok(match client.post_data_value_set(&set, options).await {
+    Ok(send(client, claim, &set, mapping.id_scheme).await)
+}
+
+/// Posts `set` to DHIS2; the answer, or the error classified for retrying.
+async fn send(client: &Dhis2Client, claim: &Claim, set: &DataValueSet, id_scheme: IdScheme) -> Outcome {
+    let options = ImportOptions { dry_run: claim.dry_run, id_scheme };
+    match client.post_data_value_set(set, options).await {
         Ok(answer) => Outcome::Answered { answer, values: set.data_values.len() as u64 },
         Err(e) => Outcome::Error {
             message: crate::error_chain(&e),
@@ -195,7 +223,7 @@ async fn attempt(ctx: &WorkerContext, claim: &Claim) -> Result<Outcome, ExportEr
             http_status: e.http_status(),
             body: e.response_body().cloned(),
         },
-    })
+    }
 }
 
 /// Counts the values and builds the payload; the inner error says why it
