@@ -203,6 +203,7 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
 
     let (mut killed, mut finished) = (0, 0);
     let mut full_pull = Duration::from_secs(3);
+    let mut wire_bytes_per_change = FIRST_WIRE_BYTES_PER_CHANGE;
     for round in 1..=PULL_KILL_ROUNDS {
         if round > 1 {
             let patients = rng.random_range(50..150);
@@ -210,7 +211,11 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
             writer.dir.cli(&["sync"], "").await?;
         }
         let log = hub.dir.change_log().await?;
-        let throttled = rng.random_bool(0.4);
+        // Every earlier kill point fell after its pull: this round's lands in
+        // the first half of the bytes of a throttled pull, so the test
+        // always kills at least one pull.
+        let force_kill = round == PULL_KILL_ROUNDS && killed == 0;
+        let throttled = rng.random_bool(0.4) || force_kill;
         link.set_profile(if throttled {
             LinkProfile::throttled(rng.random_range(400_000..2_000_000), Duration::from_millis(40))
         } else {
@@ -221,12 +226,18 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
         // as soon as a page is committed (more pages to come).
         let (held_before, _) = check_pull_consistent(&reader.db_path(), &log)?;
         let left = u64::try_from(log.len() - held_before)?;
-        let kill = match rng.random_range(0..3) {
-            0 => Kill::After(Duration::from_millis(rng.random_range(0..=full_pull.as_millis() as u64))),
-            1 => Kill::BytesDown(
-                link.stats().bytes_down + rng.random_range(1_000..=1_000 + left * WIRE_BYTES_PER_CHANGE),
-            ),
-            _ => Kill::PageApplied(cursor(&reader.db_path())?),
+        let bytes_before = link.stats().bytes_down;
+        let byte_point = |rng: &mut StdRng, share: u64| {
+            Kill::BytesDown(bytes_before + rng.random_range(1_000..=1_000 + left * wire_bytes_per_change / share))
+        };
+        let kill = if force_kill {
+            byte_point(&mut rng, 2)
+        } else {
+            match rng.random_range(0..3) {
+                0 => Kill::After(Duration::from_millis(rng.random_range(0..=full_pull.as_millis() as u64))),
+                1 => byte_point(&mut rng, 1),
+                _ => Kill::PageApplied(cursor(&reader.db_path())?),
+            }
         };
         let spawned = Instant::now();
         let mut sync = reader.spawn_cli(&["sync"])?;
@@ -240,6 +251,10 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
             ensure!(status.success(), "round {round}: {} failed ({status}):\n{}", sync.shown(), sync.output());
             full_pull = spawned.elapsed();
             finished += 1;
+            let pulled = u64::try_from(pulled_changes(&reader.db_path())?.len().saturating_sub(held_before))?;
+            if pulled > 0 {
+                wire_bytes_per_change = ((link.stats().bytes_down - bytes_before) / pulled).max(20);
+            }
             format!("finished before {kill}")
         };
         let (held, cursor) =
@@ -274,9 +289,12 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
     Ok(())
 }
 
-/// About what one pulled change costs on the wire (measured: 1.68 MB for
-/// 3,452 changes), to draw byte kill points over the whole pull.
-const WIRE_BYTES_PER_CHANGE: u64 = 500;
+/// What one pulled change is first taken to cost on the wire, to draw byte
+/// kill points over the whole pull; low on purpose (a kill point drawn too
+/// early still lands mid-pull, one drawn too late lands after it). Each
+/// finished round replaces it with what that round measured (about 100 B
+/// with raw changes compressed together).
+const FIRST_WIRE_BYTES_PER_CHANGE: u64 = 60;
 
 /// When a round SIGKILLs the pulling `edge sync`.
 #[derive(Debug, Clone, Copy)]
