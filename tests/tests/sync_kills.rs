@@ -252,8 +252,8 @@ async fn an_edge_killed_mid_pull_keeps_every_change_once() -> anyhow::Result<()>
             full_pull = spawned.elapsed();
             finished += 1;
             let pulled = u64::try_from(pulled_changes(&reader.db_path())?.len().saturating_sub(held_before))?;
-            if pulled > 0 {
-                wire_bytes_per_change = ((link.stats().bytes_down - bytes_before) / pulled).max(20);
+            if let Some(per_change) = (link.stats().bytes_down - bytes_before).checked_div(pulled) {
+                wire_bytes_per_change = per_change.max(20);
             }
             format!("finished before {kill}")
         };
