@@ -288,6 +288,56 @@ async fn age_filters_other_than_the_defaults_are_exact() {
 }
 
 #[tokio::test]
+async fn weekly_periods_count_monday_to_sunday() {
+    let db = TestDb::new().await;
+    let f = fixture(&db).await;
+    let mapping = Mapping::parse(
+        r#"
+        [data_set]
+        code = "SR_WEEKLY"
+        period_type = "Weekly"
+        [[indicators]]
+        name = "consultations"
+        data_element = { code = "A" }
+        category_option_combo = { code = "default" }
+        count = "encounters"
+        filter = { kinds = ["consultation", "follow_up"] }
+        [[indicators]]
+        name = "new patients"
+        data_element = { code = "B" }
+        category_option_combo = { code = "default" }
+        count = "new_patients"
+        [[indicators]]
+        name = "antenatal"
+        data_element = { code = "C" }
+        category_option_combo = { code = "default" }
+        count = "encounters"
+        filter = { kinds = ["antenatal"] }
+        "#,
+    )
+    .expect("mapping");
+    mapping.validate().expect("valid");
+    let values = |site, period: &str| {
+        let pool = f.pool.clone();
+        let mapping = mapping.clone();
+        let period = Period::parse(period).expect("period");
+        async move {
+            let v = aggregate::site_values(&pool, &mapping, site, period).await.expect("values");
+            v.iter().map(|v| v.value).collect::<Vec<_>>()
+        }
+    };
+    // 2024W10 is Monday 03-04 to Sunday 03-10: Drissa, registered at KATI on
+    // Sunday 03-10 at 23:30 and seen that day; Fanta's antenatal visit of
+    // 03-05 at SIBY.
+    assert_eq!(values(f.kati, "2024W10").await, [1, 1, 0]);
+    assert_eq!(values(f.siby, "2024W10").await, [0, 0, 1]);
+    // 2024W11 (03-11 to 03-17): Awa on the 14th and 15th; Bakary's visit of
+    // Tuesday 03-19 is in W12.
+    assert_eq!(values(f.kati, "2024W11").await, [2, 0, 0]);
+    assert_eq!(values(f.kati, "2024W12").await, [2, 0, 0]);
+}
+
+#[tokio::test]
 async fn export_sites_and_unknown_site() {
     let db = TestDb::new().await;
     let f = fixture(&db).await;
