@@ -43,6 +43,13 @@ impl std::error::Error for CallError {
     }
 }
 
+/// An edge's manual sync: it crosses the (often simulated, slow and lossy)
+/// link to the hub, several requests in a row, so it may take longer than an
+/// ordinary call; the edge itself allows 20 s to connect and 300 s per hub
+/// request, and answers when its run ends.
+const SYNC_RUN_PATH: &str = "/api/v1/sync/run";
+const SYNC_RUN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// A JSON client for an edge's or a hub's `/api/v1`.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -74,7 +81,11 @@ impl Api {
         expected: StatusCode,
     ) -> Result<Value, CallError> {
         let call = format!("{method} {path}");
+        let sync_run = method == Method::POST && path == SYNC_RUN_PATH;
         let mut req = self.http.request(method, format!("{}{path}", self.base_url));
+        if sync_run {
+            req = req.timeout(SYNC_RUN_TIMEOUT);
+        }
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
