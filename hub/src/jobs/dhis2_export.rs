@@ -14,7 +14,12 @@
 //!    `next_attempt_at <= now()`, or `running` with an expired lease (its
 //!    hub died mid-job) — sets it `running`, increments `attempts` and sets
 //!    `lease_until = now() + lease`. Row locks, not an in-memory flag: two
-//!    hubs never claim the same job. The pair (`lease_until`, `attempts`)
+//!    hubs never claim the same job. A non-dry-run job is not claimed while
+//!    another non-dry-run job of its period and site is running under a
+//!    live lease: exports of one site and period reach DHIS2 one after the
+//!    other, so an older payload cannot land after a newer one (two claims
+//!    in the same instant on two hubs can still overlap: the claim does not
+//!    lock the other job's row). The pair (`lease_until`, `attempts`)
 //!    returned is the claim token: every later write of the attempt matches
 //!    it (`WHERE id AND status = 'running' AND lease_until AND attempts`), so
 //!    a worker whose lease ran out and was taken over writes nothing.

@@ -514,6 +514,42 @@ async fn a_retry_sends_the_stored_payload_in_its_own_id_scheme_after_the_mapping
 }
 
 #[tokio::test]
+async fn exports_of_one_site_and_period_are_sent_one_after_the_other() {
+    let s = Setup::new().await;
+    let siby = add_site(&s.pool, "SIBY", Some("ouSiby00001")).await;
+    let first = export(&s.pool, &s.config, s.period, s.kati, false).await;
+    // Another hub is sending the first export right now.
+    let conn = s.pool.get().await.expect("conn");
+    conn.execute(
+        "UPDATE dhis2_export_jobs SET status = 'running', attempts = 1, started_at = now(),
+           lease_until = now() + interval '1 hour' WHERE id = $1",
+        &[&first.id],
+    )
+    .await
+    .expect("simulate a send in progress");
+    let second = export(&s.pool, &s.config, s.period, s.kati, false).await;
+    let dry = export(&s.pool, &s.config, s.period, s.kati, true).await;
+    let other_site = export(&s.pool, &s.config, s.period, siby, false).await;
+    let ctx = s.ctx();
+    let mut ran = Vec::new();
+    while let Some(id) = dhis2_export::run_one(&ctx).await.expect("run") {
+        ran.push(id);
+    }
+    ran.sort();
+    let mut expected = vec![dry.id, other_site.id];
+    expected.sort();
+    assert_eq!(ran, expected, "the second export of KATI waits for the first");
+    assert_eq!(job(&s.pool, second.id).await.status, JobStatus::Pending);
+
+    // The first one ends: the second goes.
+    conn.execute("UPDATE dhis2_export_jobs SET status = 'failed', lease_until = NULL WHERE id = $1", &[&first.id])
+        .await
+        .expect("end the first");
+    let done = run_to_end(&ctx, second.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+}
+
+#[tokio::test]
 async fn a_running_job_is_not_taken_while_its_lease_holds() {
     let s = Setup::new().await;
     let created = export(&s.pool, &s.config, s.period, s.kati, false).await;

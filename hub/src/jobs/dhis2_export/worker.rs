@@ -105,9 +105,14 @@ async fn claim(ctx: &WorkerContext) -> Result<Option<Claim>, ExportError> {
             "WITH claimed AS (
                 UPDATE dhis2_export_jobs SET status = 'running', attempts = attempts + 1,
                     lease_until = now() + make_interval(secs => $1), started_at = coalesce(started_at, now())
-                WHERE id = (SELECT id FROM dhis2_export_jobs
-                            WHERE (status = 'pending' AND next_attempt_at <= now())
-                               OR (status = 'running' AND lease_until < now())
+                WHERE id = (SELECT id FROM dhis2_export_jobs j
+                            WHERE ((status = 'pending' AND next_attempt_at <= now())
+                                   OR (status = 'running' AND lease_until < now()))
+                              AND (dry_run OR NOT EXISTS (
+                                   SELECT 1 FROM dhis2_export_jobs other
+                                   WHERE other.period = j.period AND other.site_id = j.site_id
+                                     AND other.id <> j.id AND NOT other.dry_run
+                                     AND other.status = 'running' AND other.lease_until >= now()))
                             ORDER BY next_attempt_at, created_at
                             FOR UPDATE SKIP LOCKED LIMIT 1)
                 RETURNING id, attempts, lease_until, period, site_id, dry_run, payload::text AS payload, id_scheme,
