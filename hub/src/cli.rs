@@ -1,5 +1,5 @@
 //! The `hub` command line: `serve` (the default), `user add`, `keys rotate`,
-//! `dhis2 export|resolve-mapping|jobs`, `print-config`. `--data-dir`, `--database-url` and the config overrides
+//! `dhis2 export|resolve-mapping|late-data|jobs`, `print-config`. `--data-dir`, `--database-url` and the config overrides
 //! apply to every subcommand.
 //!
 //! `serve` settles its transport before it opens the database: HTTPS with
@@ -11,6 +11,7 @@
 
 use std::io::Read as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -69,6 +70,14 @@ pub enum Dhis2Command {
     /// combos, sites' org units) up in DHIS2, fill in their uids and save the
     /// mapping in the hub; exits with an error if a code was not found.
     ResolveMapping,
+    /// Compare the recent exports (dhis2.late_data_periods finished periods)
+    /// with the values counted now and re-export those that changed, running
+    /// the jobs here to their end; exits with an error if any did not succeed.
+    LateData {
+        /// Only list what changed; create no job
+        #[arg(long)]
+        check: bool,
+    },
     /// List the latest export jobs, newest first.
     Jobs {
         #[arg(long, default_value_t = 50)]
@@ -154,7 +163,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Transport::PlainHttp => None,
     };
     let insecure_off_loopback = tls.is_none() && !listen.ip().is_loopback();
-    crate::jobs::check_schedule(&config.dhis2.schedule)?;
+    crate::jobs::check_schedules(&config.dhis2)?;
     let db = Database::open(&config).await.context("cannot open the database")?;
     let result = async {
         let state = AppState::new(config, db.pool.clone())?;
@@ -200,6 +209,7 @@ async fn dhis2(config: Config, command: Dhis2Command) -> anyhow::Result<()> {
     let result = match command {
         Dhis2Command::Export { period, site, dry_run } => dhis2_export(&db.pool, config, &period, site, dry_run).await,
         Dhis2Command::ResolveMapping => dhis2_resolve(&db.pool, &config).await,
+        Dhis2Command::LateData { check } => dhis2_late_data(&db.pool, config, check).await,
         Dhis2Command::Jobs { limit } => dhis2_jobs(&db.pool, limit).await,
     };
     db.close().await.context("cannot close the database")?;
@@ -213,7 +223,7 @@ async fn dhis2_export(
     site: Option<String>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    use crate::jobs::dhis2_export::{self, NewExport, Trigger, WorkerContext};
+    use crate::jobs::dhis2_export::{self, NewExport, Trigger};
 
     let period = crate::dhis2::period::Period::parse(period.trim())?;
     let site = match site {
@@ -229,24 +239,35 @@ async fn dhis2_export(
         }
         None => None,
     };
-    let config = std::sync::Arc::new(config);
     let new = NewExport { period, site, dry_run, trigger: Trigger::Cli, requested_by: None };
     let created = dhis2_export::create(pool, &config, new).await?;
     if created.is_empty() {
         bail!("there are no sites to export");
     }
     println!("created {} export job(s) for {period}{}", created.len(), if dry_run { " (dry run)" } else { "" });
+    run_jobs_to_end(pool, Arc::new(config), &created).await
+}
+
+/// Runs the jobs `created` here (retries included) until each is final,
+/// prints them, and fails if any did not succeed cleanly.
+async fn run_jobs_to_end(
+    pool: &deadpool_postgres::Pool,
+    config: Arc<Config>,
+    created: &[crate::jobs::dhis2_export::ExportJob],
+) -> anyhow::Result<()> {
+    use crate::jobs::dhis2_export::{self, WorkerContext};
+
     let ctx = WorkerContext::new(
         pool.clone(),
         config.clone(),
-        std::sync::Arc::new(crate::metrics::Metrics::new()),
-        std::sync::Arc::new(tokio::sync::Notify::new()),
+        Arc::new(crate::metrics::Metrics::new()),
+        Arc::new(tokio::sync::Notify::new()),
     );
     let poll = std::time::Duration::from_secs(config.dhis2.poll_seconds.clamp(1, 5));
     let finished = loop {
         while dhis2_export::run_one(&ctx).await?.is_some() {}
         let mut jobs = Vec::with_capacity(created.len());
-        for job in &created {
+        for job in created {
             jobs.push(dhis2_export::get(pool, job.id).await?.context("an export job disappeared")?);
         }
         if jobs.iter().all(|j| j.status.is_final()) {
@@ -272,6 +293,45 @@ async fn dhis2_export(
         bail!("{bad} of {} export job(s) did not succeed cleanly (see above)", finished.len());
     }
     Ok(())
+}
+
+/// `hub dhis2 late-data [--check]`.
+async fn dhis2_late_data(pool: &deadpool_postgres::Pool, config: Config, check: bool) -> anyhow::Result<()> {
+    use crate::jobs::dhis2_late_data;
+
+    let today = time::OffsetDateTime::now_utc().date();
+    let found = dhis2_late_data::find(pool, &config, today).await?;
+    if found.is_empty() {
+        println!(
+            "every export of the last {} finished period(s) holds the values counted now",
+            config.dhis2.late_data_periods
+        );
+        return Ok(());
+    }
+    for out in &found {
+        println!(
+            "{}  {:<10} {} value(s) changed since export {}",
+            out.period,
+            out.site_code,
+            out.changes.len(),
+            out.exported_job
+        );
+        for c in &out.changes {
+            println!(
+                "    {} / {}: sent {}, now {}",
+                c.data_element,
+                c.category_option_combo,
+                c.sent.as_deref().unwrap_or("-"),
+                c.now.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if check {
+        return Ok(());
+    }
+    let created = dhis2_late_data::run_once(pool, &config, today).await?;
+    println!("created {} re-export job(s)", created.len());
+    run_jobs_to_end(pool, Arc::new(config), &created).await
 }
 
 fn print_job(job: &crate::jobs::dhis2_export::ExportJob) {

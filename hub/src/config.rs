@@ -57,7 +57,8 @@ pub struct Config {
 
 /// Connection to DHIS2 and how exports run (issue 4). Environment:
 /// `HUB_DHIS2_URL`, `HUB_DHIS2_USERNAME` + `HUB_DHIS2_PASSWORD` or
-/// `HUB_DHIS2_TOKEN`, `HUB_DHIS2_MAPPING`, `HUB_DHIS2_SCHEDULE`.
+/// `HUB_DHIS2_TOKEN`, `HUB_DHIS2_MAPPING`, `HUB_DHIS2_SCHEDULE`,
+/// `HUB_DHIS2_LATE_DATA_SCHEDULE`, `HUB_DHIS2_LATE_DATA_PERIODS`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Dhis2Config {
@@ -80,6 +81,14 @@ pub struct Dhis2Config {
     /// with seconds (`sec min hour day-of-month month day-of-week`, UTC), or
     /// `off`. Default: the 2nd of each month at 02:00.
     pub schedule: String,
+    /// When exported periods are checked for late data (values that changed
+    /// since they were sent: an encounter synced after the export, a
+    /// corrected birth date) and re-exported where they differ: a cron
+    /// expression with seconds (UTC), or `off`. Default: every day at 03:30.
+    pub late_data_schedule: String,
+    /// How many finished periods before the current one the late-data check
+    /// looks at (DHIS2 usually locks older ones); 0 turns the check off.
+    pub late_data_periods: u32,
     /// A DHIS2 request taking longer than this is a failed, retried attempt.
     pub request_timeout_seconds: u64,
     /// Attempts of a job before it is marked failed (network errors,
@@ -107,6 +116,8 @@ impl Default for Dhis2Config {
             ca_file: None,
             mapping_file: None,
             schedule: "0 0 2 2 * *".into(),
+            late_data_schedule: "0 30 3 * * *".into(),
+            late_data_periods: 3,
             request_timeout_seconds: 120,
             max_attempts: 6,
             retry_base_seconds: 60,
@@ -254,6 +265,12 @@ pub struct Overrides {
     /// When the previous month is exported (cron with seconds, UTC), or `off`
     #[arg(long, env = "HUB_DHIS2_SCHEDULE", global = true)]
     pub dhis2_schedule: Option<String>,
+    /// When exported periods are checked for late data and re-exported (cron with seconds, UTC), or `off`
+    #[arg(long, env = "HUB_DHIS2_LATE_DATA_SCHEDULE", global = true)]
+    pub dhis2_late_data_schedule: Option<String>,
+    /// How many finished periods the late-data check looks back (0: off)
+    #[arg(long, env = "HUB_DHIS2_LATE_DATA_PERIODS", global = true)]
+    pub dhis2_late_data_periods: Option<u32>,
     #[arg(long, env = "HUB_DHIS2_REQUEST_TIMEOUT_SECONDS", global = true, hide = true)]
     pub dhis2_request_timeout_seconds: Option<u64>,
     #[arg(long, env = "HUB_DHIS2_MAX_ATTEMPTS", global = true, hide = true)]
@@ -414,6 +431,12 @@ impl Dhis2Config {
         if let Some(v) = &o.dhis2_schedule {
             self.schedule = v.clone();
         }
+        if let Some(v) = &o.dhis2_late_data_schedule {
+            self.late_data_schedule = v.clone();
+        }
+        if let Some(v) = o.dhis2_late_data_periods {
+            self.late_data_periods = v;
+        }
         let set = |target: &mut u64, v: Option<u64>| {
             if let Some(v) = v {
                 *target = v;
@@ -561,11 +584,24 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hub.toml");
-        std::fs::write(&file, "[dhis2]\nurl = \"http://127.0.0.1:8080\"\ntoken = \"d2pat_abc\"\nschedule = \"off\"\n")
-            .expect("write");
-        let c = Config::load(&Overrides { config: Some(file), ..Overrides::default() }, None).expect("file");
+        std::fs::write(
+            &file,
+            "[dhis2]\nurl = \"http://127.0.0.1:8080\"\ntoken = \"d2pat_abc\"\nschedule = \"off\"\nlate_data_periods = 6\n",
+        )
+        .expect("write");
+        let c = Config::load(&Overrides { config: Some(file.clone()), ..Overrides::default() }, None).expect("file");
         assert_eq!(c.dhis2.token.as_ref().map(Secret::expose), Some("d2pat_abc"));
         assert_eq!(c.dhis2.schedule, "off");
+        assert_eq!((c.dhis2.late_data_schedule.as_str(), c.dhis2.late_data_periods), ("0 30 3 * * *", 6));
+        // The environment (or a flag) wins over the file.
+        let env = Overrides {
+            config: Some(file),
+            dhis2_late_data_schedule: Some("off".into()),
+            dhis2_late_data_periods: Some(1),
+            ..Overrides::default()
+        };
+        let c = Config::load(&env, None).expect("overrides");
+        assert_eq!((c.dhis2.late_data_schedule.as_str(), c.dhis2.late_data_periods), ("off", 1));
         assert!(!c.to_toml().contains("d2pat_abc"));
     }
 

@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 5, name: "hub_changes", sql: include_str!("../../../migrations/hub/0005_hub_changes.sql") },
     Migration { version: 6, name: "ui_sessions", sql: include_str!("../../../migrations/hub/0006_ui_sessions.sql") },
     Migration { version: 7, name: "dhis2", sql: include_str!("../../../migrations/hub/0007_dhis2.sql") },
+    Migration {
+        version: 8,
+        name: "dhis2_late_data",
+        sql: include_str!("../../../migrations/hub/0008_dhis2_late_data.sql"),
+    },
 ];
 
 /// Key of the advisory lock held while migrating ("santerur" in ASCII).

@@ -21,6 +21,10 @@
 //!   the report; 409 `dhis2_not_configured` without a DHIS2 URL.
 //! - `GET /api/v1/dhis2/preview?period=&site_id=`: the values and payload
 //!   as they would be sent now; nothing is sent or stored.
+//! - `GET /api/v1/dhis2/late-data`: the recent exports whose values changed
+//!   since they were sent (`{"periods", "out_of_date": [...]}`, see
+//!   [`crate::jobs::dhis2_late_data`]); `POST` creates their re-export jobs
+//!   now (202 `{"jobs"}`), as the daily check would.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -42,6 +46,7 @@ use crate::dhis2::mapping::{self, Mapping, MappingError};
 use crate::dhis2::period::Period;
 use crate::dhis2::resolve;
 use crate::jobs::dhis2_export::{self, ExportError, ExportJob, NewExport, Trigger};
+use crate::jobs::dhis2_late_data;
 
 /// Jobs listed when no `limit` is given.
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
@@ -55,6 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/dhis2/mapping", get(get_mapping).put(put_mapping).delete(delete_mapping))
         .route("/api/v1/dhis2/mapping/resolve", post(resolve_mapping))
         .route("/api/v1/dhis2/preview", get(preview))
+        .route("/api/v1/dhis2/late-data", get(late_data).post(send_late_data))
 }
 
 impl From<ExportError> for ApiError {
@@ -145,11 +151,7 @@ async fn export(
     };
     let jobs = dhis2_export::create(&state.db, &state.config, new).await.map_err(ApiError::from)?;
     state.export_wake.notify_one();
-    let jobs: Vec<Value> = jobs
-        .iter()
-        .map(|j| json!({ "id": j.id, "period": j.period, "site_id": j.site_id, "status": j.status }))
-        .collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": jobs }))))
+    Ok((StatusCode::ACCEPTED, Json(job_briefs(&jobs))))
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +197,36 @@ async fn rerun_export(
     let job = dhis2_export::rerun(&state.db, &state.config, id, Some(*user.id.as_uuid()), Trigger::Rerun).await?;
     state.export_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// The jobs as `POST /api/v1/dhis2/export` lists them.
+fn job_briefs(jobs: &[ExportJob]) -> Value {
+    let jobs: Vec<Value> = jobs
+        .iter()
+        .map(|j| json!({ "id": j.id, "period": j.period, "site_id": j.site_id, "status": j.status }))
+        .collect();
+    json!({ "jobs": jobs })
+}
+
+async fn late_data(State(state): State<AppState>, user: CurrentUser) -> Result<Json<Value>, ApiError> {
+    user.require_admin()?;
+    let today = OffsetDateTime::now_utc().date();
+    let found = dhis2_late_data::find(&state.db, &state.config, today).await?;
+    let loaded = mapping::load(&state.db, &state.config.dhis2).await.map_err(mapping_in_force_error)?;
+    let periods = dhis2_late_data::periods(&loaded.mapping, today, state.config.dhis2.late_data_periods);
+    Ok(Json(json!({ "periods": periods, "out_of_date": found })))
+}
+
+async fn send_late_data(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    user.require_admin()?;
+    let today = OffsetDateTime::now_utc().date();
+    let jobs = dhis2_late_data::run_once(&state.db, &state.config, today).await?;
+    tracing::info!(by = %user.username, jobs = jobs.len(), "DHIS2 late data sent on request");
+    state.export_wake.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(job_briefs(&jobs))))
 }
 
 /// The mapping in force as the API shows it.

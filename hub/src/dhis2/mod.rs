@@ -16,7 +16,8 @@
 //! - [`api`]: the JSON API, `/api/v1/dhis2/*`.
 //!
 //! Export jobs (the `dhis2_export_jobs` table, the worker and the monthly
-//! schedule) are in [`crate::jobs::dhis2_export`].
+//! schedule) are in [`crate::jobs::dhis2_export`]; re-exports of periods whose
+//! values changed after they were sent, in [`crate::jobs::dhis2_late_data`].
 
 pub mod aggregate;
 pub mod api;

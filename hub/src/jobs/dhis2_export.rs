@@ -129,10 +129,13 @@ pub enum Trigger {
     Cli,
     Schedule,
     Rerun,
+    /// Values of an exported period changed after it was sent (see
+    /// [`crate::jobs::dhis2_late_data`]).
+    LateData,
 }
 
 impl Trigger {
-    pub const ALL: [Self; 5] = [Self::Api, Self::Ui, Self::Cli, Self::Schedule, Self::Rerun];
+    pub const ALL: [Self; 6] = [Self::Api, Self::Ui, Self::Cli, Self::Schedule, Self::Rerun, Self::LateData];
 
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -142,6 +145,7 @@ impl Trigger {
             Self::Cli => "cli",
             Self::Schedule => "schedule",
             Self::Rerun => "rerun",
+            Self::LateData => "late_data",
         }
     }
 
@@ -320,7 +324,7 @@ pub async fn create_scheduled(pool: &Pool, new: NewExport) -> Result<Vec<ExportJ
 }
 
 /// Inserts the jobs of `new` in `tx` and supersedes the earlier pending ones.
-async fn insert_jobs(
+pub(crate) async fn insert_jobs(
     tx: &tokio_postgres::Transaction<'_>,
     new: NewExport,
     rerun_of: Option<Uuid>,

@@ -8,10 +8,14 @@
 //!   current one for every site ([`run_schedule_once`]). With several hubs,
 //!   each runs the schedule, but only the one whose insert into
 //!   `dhis2_schedule_runs(period)` succeeds creates the period's jobs, in the
-//!   same transaction, so a period is scheduled once.
-
+//!   same transaction, so a period is scheduled once;
+//! - [`dhis2_late_data`] (`dhis2.late_data_schedule`, default every day at
+//!   03:30 UTC): re-exports the recent periods whose values changed after
+//!   they were sent, such as a consultation that synced after the export.
 pub mod dhis2_export;
+pub mod dhis2_late_data;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -21,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::AppState;
-use crate::config::Config;
+use crate::config::{Config, Dhis2Config};
 use crate::dhis2::mapping;
 use crate::dhis2::period::Period;
 use dhis2_export::{ExportError, ExportJob, NewExport, Trigger, WorkerContext};
@@ -33,10 +37,12 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
     #[error(
-        "invalid dhis2.schedule {expression:?} (HUB_DHIS2_SCHEDULE): a cron expression with seconds, \
-         `sec min hour day-of-month month day-of-week` in UTC (default \"0 0 2 2 * *\"), or \"off\""
+        "invalid {setting} {expression:?}: a cron expression with seconds, \
+         `sec min hour day-of-month month day-of-week` in UTC (e.g. \"0 0 2 2 * *\"), or \"off\""
     )]
     InvalidSchedule {
+        /// The setting and its environment variable.
+        setting: &'static str,
         expression: String,
         #[source]
         source: tokio_cron_scheduler::JobSchedulerError,
@@ -58,53 +64,63 @@ impl std::fmt::Debug for Jobs {
     }
 }
 
-/// Whether `expression` is a schedule [`spawn`] accepts (`off` included).
-pub fn check_schedule(expression: &str) -> Result<(), JobsError> {
+/// The export schedule's setting, as errors name it.
+const EXPORT_SCHEDULE: &str = "dhis2.schedule (HUB_DHIS2_SCHEDULE)";
+/// The late-data check's setting, as errors name it.
+const LATE_DATA_SCHEDULE: &str = "dhis2.late_data_schedule (HUB_DHIS2_LATE_DATA_SCHEDULE)";
+
+/// Whether both DHIS2 schedules are ones [`spawn`] accepts (`off` included).
+pub fn check_schedules(dhis2: &Dhis2Config) -> Result<(), JobsError> {
+    check_schedule(EXPORT_SCHEDULE, &dhis2.schedule)?;
+    check_schedule(LATE_DATA_SCHEDULE, &dhis2.late_data_schedule)
+}
+
+fn check_schedule(setting: &'static str, expression: &str) -> Result<(), JobsError> {
     if is_off(expression) {
         return Ok(());
     }
-    Job::new_async(expression, |_, _| Box::pin(async {}))
-        .map(drop)
-        .map_err(|source| JobsError::InvalidSchedule { expression: expression.to_owned(), source })
+    Job::new_async(expression, |_, _| Box::pin(async {})).map(drop).map_err(|source| JobsError::InvalidSchedule {
+        setting,
+        expression: expression.to_owned(),
+        source,
+    })
 }
 
 fn is_off(expression: &str) -> bool {
     expression.trim().eq_ignore_ascii_case("off")
 }
 
-/// Starts the export worker and the DHIS2 schedule of the hub serving
-/// `state`. An invalid schedule is an error before anything starts.
+/// Starts the export worker, the DHIS2 schedule and the late-data check
+/// of the hub serving `state`. An invalid schedule is an error before
+/// anything starts.
 pub async fn spawn(state: &AppState) -> Result<Jobs, JobsError> {
-    let expression = state.config.dhis2.schedule.clone();
-    check_schedule(&expression)?;
-    let scheduler = if is_off(&expression) {
-        tracing::info!("DHIS2 schedule off");
+    let dhis2 = &state.config.dhis2;
+    check_schedules(dhis2)?;
+    let late_data_on = !is_off(&dhis2.late_data_schedule) && dhis2.late_data_periods > 0;
+    let scheduler = if is_off(&dhis2.schedule) && !late_data_on {
+        tracing::info!("DHIS2 schedule and late-data check off");
         None
     } else {
         let scheduler = JobScheduler::new().await.map_err(JobsError::Scheduler)?;
-        let (pool, config, wake) = (state.db.clone(), state.config.clone(), state.export_wake.clone());
-        let job = Job::new_async(expression.as_str(), move |_, _| {
-            let (pool, config, wake) = (pool.clone(), config.clone(), wake.clone());
-            Box::pin(async move {
-                let today = OffsetDateTime::now_utc().date();
-                match run_schedule_once(&pool, &config, today).await {
-                    Ok(jobs) if jobs.is_empty() => {
+        if !is_off(&dhis2.schedule) {
+            add_cron(&scheduler, state, EXPORT_SCHEDULE, &dhis2.schedule, |pool, config, today| {
+                Box::pin(async move {
+                    let jobs = run_schedule_once(&pool, &config, today).await?;
+                    if jobs.is_empty() {
                         tracing::info!("DHIS2 schedule: the period was already scheduled (or there are no sites)");
                     }
-                    Ok(jobs) => {
-                        tracing::info!(jobs = jobs.len(), period = %jobs[0].period, "DHIS2 schedule: exports created");
-                        wake.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %crate::error_chain(&e), "DHIS2 schedule: cannot create the exports")
-                    }
-                }
+                    Ok(jobs.len())
+                })
             })
-        })
-        .map_err(|source| JobsError::InvalidSchedule { expression: expression.clone(), source })?;
-        scheduler.add(job).await.map_err(JobsError::Scheduler)?;
+            .await?;
+        }
+        if late_data_on {
+            add_cron(&scheduler, state, LATE_DATA_SCHEDULE, &dhis2.late_data_schedule, |pool, config, today| {
+                Box::pin(async move { Ok(dhis2_late_data::run_once(&pool, &config, today).await?.len()) })
+            })
+            .await?;
+        }
         scheduler.start().await.map_err(JobsError::Scheduler)?;
-        tracing::info!(schedule = %expression, "DHIS2 schedule started (UTC)");
         Some(scheduler)
     };
     let (stop, mut stopped) = watch::channel(false);
@@ -113,6 +129,39 @@ pub async fn spawn(state: &AppState) -> Result<Jobs, JobsError> {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Ok(Jobs { stop, worker, scheduler })
+}
+
+/// What a cron job runs: creates export jobs, returns how many.
+type CronRun = fn(Pool, Arc<Config>, Date) -> BoxFuture<Result<usize, ExportError>>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Adds `run` to `scheduler` at `expression` (UTC); the worker is woken
+/// when it created jobs.
+async fn add_cron(
+    scheduler: &JobScheduler,
+    state: &AppState,
+    setting: &'static str,
+    expression: &str,
+    run: CronRun,
+) -> Result<(), JobsError> {
+    let (pool, config, wake) = (state.db.clone(), state.config.clone(), state.export_wake.clone());
+    let job = Job::new_async(expression, move |_, _| {
+        let (pool, config, wake) = (pool.clone(), config.clone(), wake.clone());
+        Box::pin(async move {
+            let today = OffsetDateTime::now_utc().date();
+            match run(pool, config, today).await {
+                Ok(0) => {}
+                Ok(_) => wake.notify_one(),
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), setting, "DHIS2: cannot create the exports")
+                }
+            }
+        })
+    })
+    .map_err(|source| JobsError::InvalidSchedule { setting, expression: expression.to_owned(), source })?;
+    scheduler.add(job).await.map_err(JobsError::Scheduler)?;
+    tracing::info!(schedule = %expression, setting, "DHIS2 cron started (UTC)");
+    Ok(())
 }
 
 impl Jobs {

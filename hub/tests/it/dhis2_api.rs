@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::dhis2_jobs::{EXAMPLE_MAPPING, KATI_OU, VALUES_PER_SITE, add_site, add_visits, dhis2_config, last_month};
 use crate::support::{TestDb, TestHub, count};
 
-fn schemas() -> &'static Schemas {
+pub fn schemas() -> &'static Schemas {
     static DOC: OnceLock<Schemas> = OnceLock::new();
     DOC.get_or_init(|| Schemas::parse(hub::api::OPENAPI, Untyped::AcceptAny))
 }
@@ -392,6 +392,45 @@ async fn the_cli_exports_runs_to_the_end_and_lists() {
         .expect("n")
         .get(0);
     assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn the_cli_checks_and_sends_late_data() {
+    let fake = FakeDhis2::start().await;
+    let db = TestDb::new().await;
+    let pool = db.migrated_pool().await;
+    let kati = add_site(&pool, "KATI", Some(KATI_OU)).await;
+    let period = last_month();
+    add_visits(&pool, kati, &[(period.start(), "consultation")]).await;
+    let p = period.to_string();
+    let (ok, stdout, stderr) = hub_cli(&db, Some(&fake), &["dhis2", "export", "--period", &p]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, _) = hub_cli(&db, Some(&fake), &["dhis2", "late-data", "--check"]).await;
+    assert!(ok && stdout.contains("every export of the last 3 finished period(s) holds"), "{stdout}");
+
+    add_visits(&pool, kati, &[(period.end(), "consultation")]).await;
+    let total = format!("{} / {}: sent 1, now 2", crate::dhis2_jobs::CONS_TOTAL, crate::dhis2_jobs::DEFAULT_COC);
+    let (ok, stdout, stderr) = hub_cli(&db, Some(&fake), &["dhis2", "late-data", "--check"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("{p}  KATI")) && stdout.contains(&total), "{stdout}");
+    assert_eq!(count_jobs(&pool).await, 1, "--check creates nothing");
+    assert_eq!(fake.received().len(), 1);
+
+    let (ok, stdout, stderr) = hub_cli(&db, Some(&fake), &["dhis2", "late-data"]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("created 1 re-export job(s)") && stdout.contains("succeeded"), "{stdout}");
+    assert_eq!(
+        fake.value(KATI_OU, &p, crate::dhis2_jobs::CONS_TOTAL, crate::dhis2_jobs::DEFAULT_COC).as_deref(),
+        Some("2")
+    );
+    let (ok, stdout, _) = hub_cli(&db, Some(&fake), &["dhis2", "late-data"]).await;
+    assert!(ok && stdout.contains("holds the values counted now"), "{stdout}");
+    assert_eq!(count_jobs(&pool).await, 2);
+}
+
+async fn count_jobs(pool: &Pool) -> i64 {
+    let db = pool.get().await.expect("conn");
+    db.query_one("SELECT count(*) FROM dhis2_export_jobs", &[]).await.expect("count").get(0)
 }
 
 #[tokio::test]

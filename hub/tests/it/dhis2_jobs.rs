@@ -629,10 +629,17 @@ async fn the_schedule_creates_a_periods_jobs_once() {
 
 #[test]
 fn schedules_are_checked() {
-    assert!(hub::jobs::check_schedule("0 0 2 2 * *").is_ok());
-    assert!(hub::jobs::check_schedule("off").is_ok());
-    let error = hub::jobs::check_schedule("every month").expect_err("not cron");
-    assert!(error.to_string().contains("every month") && error.to_string().contains("HUB_DHIS2_SCHEDULE"));
+    let with = |schedule: &str, late_data_schedule: &str| Dhis2Config {
+        schedule: schedule.into(),
+        late_data_schedule: late_data_schedule.into(),
+        ..Dhis2Config::default()
+    };
+    assert!(hub::jobs::check_schedules(&Dhis2Config::default()).is_ok());
+    assert!(hub::jobs::check_schedules(&with("off", "OFF")).is_ok());
+    let error = hub::jobs::check_schedules(&with("every month", "off")).expect_err("not cron").to_string();
+    assert!(error.contains("every month") && error.contains("HUB_DHIS2_SCHEDULE"), "{error}");
+    let error = hub::jobs::check_schedules(&with("off", "daily")).expect_err("not cron").to_string();
+    assert!(error.contains("\"daily\"") && error.contains("HUB_DHIS2_LATE_DATA_SCHEDULE"), "{error}");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod dhis2_aggregate;
 mod dhis2_api;
 mod dhis2_client;
 mod dhis2_jobs;
+mod dhis2_late_data;
 mod dhis2_mapping;
 mod dhis2_ui;
 mod edge_doc;

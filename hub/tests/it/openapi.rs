@@ -37,6 +37,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/dhis2/mapping"),
     ("POST", "/api/v1/dhis2/mapping/resolve"),
     ("GET", "/api/v1/dhis2/preview"),
+    ("GET", "/api/v1/dhis2/late-data"),
+    ("POST", "/api/v1/dhis2/late-data"),
     ("POST", "/api/v1/sync/push"),
     ("POST", "/api/v1/sync/pull"),
     ("POST", "/api/v1/sync/lookup"),
