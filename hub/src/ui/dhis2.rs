@@ -1,8 +1,9 @@
 //! DHIS2 pages (issue 4): the exports (connection state, the form starting
 //! an export, the list of jobs), one job (its payload as a table, DHIS2's
 //! answer, each conflict with its error code explained in plain words, a
-//! re-run button), and the mapping ([`mapping_page`]: the indicators, editing it
-//! as TOML, going back to the file, resolving its codes in DHIS2).
+//! re-run button), the mapping ([`mapping_page`]: the indicators, editing it
+//! as TOML, going back to the file, resolving its codes in DHIS2), and the
+//! exports behind the hub's counts ([`late_data_page`]).
 //!
 //! The pages call what the JSON API calls ([`crate::jobs::dhis2_export`],
 //! [`crate::dhis2::mapping`], [`crate::dhis2::resolve`]), so the rules live
@@ -32,6 +33,7 @@ use crate::dhis2::period::{Period, PeriodError, PeriodType};
 use crate::jobs::dhis2_export::{self, ExportError, ExportJob, JobStatus, NewExport, Trigger};
 use crate::sites::Site;
 
+pub(super) mod late_data_page;
 pub(super) mod mapping_page;
 
 /// Jobs the exports page lists.
@@ -106,6 +108,7 @@ pub(super) struct Connection {
     /// Message key of the kind of authentication.
     pub auth_key: &'static str,
     pub schedule: String,
+    pub late_data_schedule: String,
 }
 
 impl Connection {
@@ -117,8 +120,21 @@ impl Connection {
         } else {
             "dhis2_auth_none"
         };
-        Self { url: config.url.as_deref().map(without_userinfo), auth_key, schedule: config.schedule.clone() }
+        let late_data_schedule = late_data_schedule(config);
+        Self {
+            url: config.url.as_deref().map(without_userinfo),
+            auth_key,
+            schedule: config.schedule.clone(),
+            late_data_schedule,
+        }
     }
+}
+
+/// The late-data check's schedule as the pages show it: `off` when it
+/// never runs.
+pub(super) fn late_data_schedule(config: &Dhis2Config) -> String {
+    let schedule = config.late_data_schedule.trim();
+    if config.late_data_periods == 0 || schedule.eq_ignore_ascii_case("off") { "off".into() } else { schedule.into() }
 }
 
 /// `url` without a `user:password@` part.
@@ -136,11 +152,13 @@ fn without_userinfo(url: &str) -> String {
 pub struct JobRow {
     pub job: ExportJob,
     pub status_key: &'static str,
+    /// Made by the late-data check (values changed after an export).
+    pub late_data: bool,
 }
 
 impl JobRow {
     fn new(job: ExportJob) -> Self {
-        Self { status_key: status_key(job.status), job }
+        Self { status_key: status_key(job.status), late_data: job.trigger == Trigger::LateData, job }
     }
 }
 
@@ -295,7 +313,7 @@ struct JobTpl<'a> {
 }
 
 /// The indicator of the mapping a value goes to (by uid or code, as sent).
-fn indicator_of<'m>(mapping: &'m Mapping, element: &str, combo: &str) -> Option<&'m Indicator> {
+pub(super) fn indicator_of<'m>(mapping: &'m Mapping, element: &str, combo: &str) -> Option<&'m Indicator> {
     let is = |r: &mapping::ObjectRef, id: &str| r.uid.as_deref() == Some(id) || r.code == id;
     mapping.indicators.iter().find(|i| is(&i.data_element, element) && is(&i.category_option_combo, combo))
 }

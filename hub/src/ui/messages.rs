@@ -235,6 +235,31 @@ fn row(key: &str) -> Option<(&'static str, &'static str)> {
             "The DHIS2 mapping in force cannot be used (see the DHIS2 mapping page):",
         ),
 
+        // DHIS2: late data.
+        "late_data_title" => ("Données arrivées après l'envoi", "Data that arrived after the export"),
+        "late_data_link" => (
+            "Données arrivées après l'envoi (consultations synchronisées en retard, corrections) →",
+            "Data that arrived after the export (consultations synced late, corrections) →",
+        ),
+        "late_data_intro" => (
+            "Les consultations comptent dans le mois de leur date, même quand elles arrivent au hub après l'export. Le hub compare chaque jour les derniers exports des périodes récentes avec ce qu'il compte maintenant et renvoie à DHIS2 celles qui ont changé.",
+            "Consultations count in the month of their date, even when they reach the hub after the export. Every day the hub compares the latest exports of recent periods with what it counts now and sends DHIS2 those that changed.",
+        ),
+        "late_data_periods" => ("Périodes vérifiées", "Periods checked"),
+        "late_data_schedule" => ("Vérification automatique", "Automatic check"),
+        "late_data_none" => (
+            "Tout est à jour\u{a0}: DHIS2 a les valeurs que le hub compte maintenant.",
+            "Everything is up to date: DHIS2 holds the values the hub counts now.",
+        ),
+        "late_data_nothing_sent" => {
+            ("Rien à renvoyer\u{a0}: tout est à jour.", "Nothing to send: everything is up to date.")
+        }
+        "late_data_exported" => ("L'export que DHIS2 a reçu →", "The export DHIS2 received →"),
+        "late_data_sent" => ("Envoyé", "Sent"),
+        "late_data_now" => ("Maintenant", "Now"),
+        "late_data_send" => ("Envoyer les corrections à DHIS2", "Send the corrections to DHIS2"),
+        "late_data_tag" => ("données tardives", "late data"),
+
         // DHIS2: one export.
         "export_title" => ("Export", "Export"),
         "rerun_of" => ("Relance de", "Re-run of"),

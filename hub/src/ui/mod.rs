@@ -76,6 +76,7 @@ pub fn router() -> Router<AppState> {
         .route("/dhis2/exports", post(dhis2::start_export))
         .route("/dhis2/exports/{id}", get(dhis2::export))
         .route("/dhis2/exports/{id}/rerun", post(dhis2::rerun))
+        .route("/dhis2/late-data", get(dhis2::late_data_page::show).post(dhis2::late_data_page::send))
         .route("/dhis2/mapping", get(dhis2::mapping_page::show).post(dhis2::mapping_page::save))
         .route("/dhis2/mapping/reset", post(dhis2::mapping_page::reset))
         .route("/dhis2/mapping/resolve", post(dhis2::mapping_page::resolve_codes))

@@ -1,8 +1,8 @@
 //! The DHIS2 pages of the admin UI over real HTTP: starting an export from
 //! the form (and its field errors), a job's page with DHIS2's conflicts
 //! explained, re-running, the mapping (save refused and accepted, reset,
-//! resolve against the fake DHIS2), the sites' org unit fields, CSRF on every
-//! new form, and the English switch.
+//! resolve against the fake DHIS2), the sites' org unit fields, late data
+//! shown and sent, CSRF on every new form, and the English switch.
 
 use hub::config::Secret;
 use reqwest::StatusCode;
@@ -372,6 +372,7 @@ async fn every_dhis2_form_refuses_a_missing_csrf_token() {
         "/dhis2/mapping".to_owned(),
         "/dhis2/mapping/reset".to_owned(),
         "/dhis2/mapping/resolve".to_owned(),
+        "/dhis2/late-data".to_owned(),
         format!("/sites/{site}"),
     ];
     let mapping = hub::dhis2::mapping::Mapping::default_mapping().to_toml();
@@ -434,4 +435,56 @@ async fn a_sites_org_unit_is_edited_on_its_page_and_listed() {
     let form = [("name", "CSCom de Kati-Ville"), ("dhis2_org_unit_code", ""), ("dhis2_org_unit", "")];
     browser.submit(&site, &site, &form).await;
     assert_eq!(count(&hub, "sites WHERE dhis2_org_unit IS NULL AND dhis2_org_unit_code IS NULL").await, 1, "cleared");
+}
+
+#[tokio::test]
+async fn late_data_is_shown_and_sent_from_its_page() {
+    use crate::dhis2_jobs::{KATI_OU, add_site, add_visits, context, dhis2_config, export, last_month, run_to_end};
+
+    let fake = FakeDhis2::start().await;
+    let dhis2 = dhis2_config(&fake);
+    let hub = TestHub::configured(|c| c.dhis2 = dhis2).await;
+    let kati = add_site(&hub.state.db, "KATI", Some(KATI_OU)).await;
+    let period = last_month();
+    add_visits(&hub.state.db, kati, &[(period.start(), "consultation")]).await;
+    let ctx = context(&hub.state.db, &hub.state.config);
+    let first = export(&hub.state.db, &hub.state.config, period, kati, false).await;
+    run_to_end(&ctx, first.id).await;
+    let mut browser = Browser::signed_in(&hub).await;
+
+    let list = browser.get("/dhis2").await.body;
+    assert!(list.contains("href=\"/dhis2/late-data\"") && list.contains("0 30 3 * * *"), "{list}");
+    let page = browser.get("/dhis2/late-data").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"up-to-date\"") && !page.body.contains("id=\"late-data-form\""), "{}", page.body);
+    assert!(page.body.contains(&period.to_string()), "the periods checked are shown");
+
+    // A consultation of the exported month syncs late.
+    add_visits(&hub.state.db, kati, &[(period.end(), "consultation")]).await;
+    let page = browser.get("/dhis2/late-data").await;
+    let body = &page.body;
+    let section = body.split(&format!("data-site=\"KATI\" data-period=\"{period}\"")).nth(1).expect("KATI is listed");
+    assert!(
+        section.contains("<td>Consultations</td><td class=\"num sent\">1</td><td class=\"num now\">2</td>"),
+        "{section}"
+    );
+    assert!(section.contains(&format!("/dhis2/exports/{}", first.id)), "links the export DHIS2 holds");
+
+    let sent = browser.submit("/dhis2/late-data", "/dhis2/late-data", &[]).await;
+    assert_eq!((sent.status, sent.location.as_str()), (StatusCode::SEE_OTHER, "/dhis2"), "{}", sent.body);
+    let made = jobs(&hub).await;
+    let (late, status, dry_run, trigger, rerun_of) = made.last().expect("the new job");
+    assert_eq!(
+        (status.as_str(), *dry_run, trigger.as_str(), *rerun_of),
+        ("pending", false, "late_data", Some(first.id))
+    );
+    let list = browser.get("/dhis2").await.body;
+    let row = list.split(&format!("data-id=\"{late}\"")).nth(1).expect("listed");
+    assert!(row.split("</tr>").next().is_some_and(|r| r.contains("données tardives")), "{row}");
+
+    // Sent again before the worker ran: nothing more, and the page says so.
+    let again = browser.submit("/dhis2/late-data", "/dhis2/late-data", &[]).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body.contains("id=\"late-data-alert\">Rien à renvoyer"), "{}", again.body);
+    assert_eq!(count(&hub, "dhis2_export_jobs").await, 2);
 }
