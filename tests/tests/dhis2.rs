@@ -1,8 +1,9 @@
 //! DHIS2 monthly reporting across real processes: encounters recorded on an
 //! edge, synced to the hub, exported by the hub's worker to a fake DHIS2
 //! (started in this test, following the Web API contract: see
-//! `santerurale_fixtures::dhis2`), and a hub killed in the middle of an
-//! export.
+//! `santerurale_fixtures::dhis2`), a consultation of that month synced after
+//! the export and re-sent by the late-data check, and a hub killed in the
+//! middle of an export.
 //!
 //! Dates are relative to today: the exported period is the previous month,
 //! so every encounter date is in the past (the edge refuses future dates)
@@ -248,6 +249,28 @@ async fn a_months_encounters_reach_dhis2_as_hand_counted_values() -> anyhow::Res
     ensure!(metric_value(&metrics, "dhis2_export_jobs_total", "status=\"succeeded\"") == 4.0, "{metrics}");
     ensure!(metric_value(&metrics, "dhis2_values_sent_total", "") == 33.0, "3 real exports x 11 values: {metrics}");
     ensure!(metric_value(&metrics, "dhis2_last_success_timestamp_seconds", "") > 0.0);
+
+    // A consultation of the month that reaches the hub after the export (the
+    // clinic synced late): the late-data check finds it, and DHIS2 gets the
+    // new counts for that month, updated in place.
+    let late = patient(&edge_api, "Kadiatou", "female", Date::from_calendar_date(1985, Month::June, 1)?).await?;
+    encounter(&edge_api, &late, "consultation", day(start, 28)).await?;
+    edge_api.call(Method::POST, "/api/v1/sync/run", None, StatusCode::OK).await?;
+    let listed = hub_api.call(Method::GET, "/api/v1/dhis2/late-data", None, StatusCode::OK).await?;
+    let out = listed["out_of_date"].as_array().context("no out_of_date list")?;
+    ensure!(out.len() == 1 && out[0]["site_id"] == kati.as_str() && out[0]["period"] == period.as_str(), "{listed}");
+    let sent = hub_api.call(Method::POST, "/api/v1/dhis2/late-data", None, StatusCode::ACCEPTED).await?;
+    let late_job = finished(&hub_api, sent["jobs"][0]["id"].as_str().context("no late-data job")?).await?;
+    ensure!(late_job["status"] == "succeeded" && late_job["trigger"] == "late_data", "{late_job}");
+    ensure!(late_job["import_count"]["imported"] == 0, "updated in place: {late_job}");
+    let mut expected = expected_values();
+    for key in [("deConsTot01", "HllvX50cXC0"), ("deConsSex01", "cocSexF0001"), ("deConsAge01", "cocAge15P01")] {
+        let value = expected.get_mut(&(key.0.to_owned(), key.1.to_owned())).context("an expected value")?;
+        *value = (value.parse::<u64>()? + 1).to_string();
+    }
+    ensure!(stored(&fake, "ouKati00001", &period) == expected, "{:?}", stored(&fake, "ouKati00001", &period));
+    let listed = hub_api.call(Method::GET, "/api/v1/dhis2/late-data", None, StatusCode::OK).await?;
+    ensure!(listed["out_of_date"] == json!([]), "up to date: {listed}");
     Ok(())
 }
 
