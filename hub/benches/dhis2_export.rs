@@ -18,7 +18,10 @@
 //! - `build_payload` for every site, and the payloads serialised to JSON (as
 //!   the export jobs store them);
 //! - once: `site_values` site by site, as the export jobs count (one query
-//!   per site through the `(site_id, date)` index).
+//!   per site through the `(site_id, date)` index);
+//! - once each: the daily late-data check (`dhis2_late_data::find`) with
+//!   every site's export recorded as sent and nothing changed, then with a
+//!   late consultation at 10 sites.
 //!
 //! The process's peak RSS (VmHWM of `/proc/self/status`) is printed at the
 //! end: it holds every site's groups, values and payloads at once.
@@ -131,6 +134,8 @@ async fn run(db: &BenchDb, sites: usize, encounters: usize, runs: usize) -> anyh
     }
     let per_site = t.elapsed();
     anyhow::ensure!(per_site_total == totals.0, "site by site {per_site_total} != all sites {}", totals.0);
+    let late_sites = sites.min(10);
+    let (late_same, late_changed) = late_data_check(&pool, &mapping, period, complete, patients, late_sites).await?;
     let (rss, hwm) = memory()?;
 
     println!();
@@ -150,6 +155,12 @@ async fn run(db: &BenchDb, sites: usize, encounters: usize, runs: usize) -> anyh
         "{:<68} {:>7.1} ms",
         format!("site_values site by site, {} queries (once)", export_sites.len()),
         ms(per_site)
+    );
+    println!("{:<68} {:>7.1} ms", "late-data check, every site exported, nothing changed", ms(late_same));
+    println!(
+        "{:<68} {:>7.1} ms",
+        format!("late-data check, {late_sites} sites with a late consultation"),
+        ms(late_changed)
     );
     println!("{:<68} {:>10}", "consultations counted (CONS_TOTAL, all sites)", totals.0);
     println!("{:<68} {:>7.1} MiB", "process RSS after seeding", kib_to_mib(rss_before));
@@ -174,6 +185,67 @@ fn build_all(
             Ok(aggregate::build_payload(mapping, site, period, v, complete)?)
         })
         .collect()
+}
+
+/// The daily late-data check over the period, every site's export recorded
+/// as sent: its duration with nothing changed, then after 10 sites got one
+/// late consultation each (each check is checked to find exactly those).
+async fn late_data_check(
+    pool: &deadpool_postgres::Pool,
+    mapping: &Mapping,
+    period: Period,
+    complete: time::Date,
+    patients: usize,
+    late_sites: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    use hub::config::{Config, Dhis2Config};
+    use hub::jobs::dhis2_late_data;
+
+    hub::dhis2::mapping::save(pool, mapping, None).await.context("save the mapping")?;
+    let sites = aggregate::export_sites(pool, None).await?;
+    let values = aggregate::all_site_values(pool, mapping, period).await?;
+    let sets = build_all(mapping, &sites, period, &values, complete)?;
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO dhis2_export_jobs (id, period, site_id, dry_run, status, trigger, attempts, payload,
+                                            id_scheme, values_count, finished_at)
+             VALUES ($1, $2, $3, false, 'succeeded', 'schedule', 1, $4::text::jsonb, 'uid', $5, now())",
+        )
+        .await?;
+    for ((site, _), set) in values.iter().zip(&sets) {
+        let count = i32::try_from(set.data_values.len())?;
+        let payload = serde_json::to_string(set)?;
+        tx.execute(&insert, &[&uuid::Uuid::now_v7(), &period.to_string(), site.as_uuid(), &payload, &count]).await?;
+    }
+    tx.commit().await?;
+    drop(client);
+
+    let config = Config { dhis2: Dhis2Config { late_data_periods: 1, ..Dhis2Config::default() }, ..Config::default() };
+    let today = period.end() + time::Duration::days(15);
+    let t = Instant::now();
+    let found = dhis2_late_data::find(pool, &config, today).await?;
+    let same = t.elapsed();
+    anyhow::ensure!(found.is_empty(), "{} sites out of date before any change", found.len());
+
+    // One late consultation at each of the first sites, by its first patient.
+    pool.get()
+        .await?
+        .batch_execute(&format!(
+            "INSERT INTO encounters (id, patient_id, site_id, device_id, date, kind, complaint, diagnosis, notes,
+                                     clinician, age_group, recorded_at)
+             SELECT md5('late' || s)::uuid, md5('patient' || ((s - 1) * {patients} + 1))::uuid, md5('site' || s)::uuid,
+                    md5('device' || s)::uuid, date '2024-04-30', 'consultation', '', '', '', 'Dr Bench', 'adult', now()
+             FROM generate_series(1, {late_sites}) s"
+        ))
+        .await
+        .context("late consultations")?;
+    let t = Instant::now();
+    let found = dhis2_late_data::find(pool, &config, today).await?;
+    let changed = t.elapsed();
+    anyhow::ensure!(found.len() == late_sites, "{} sites out of date, {late_sites} expected", found.len());
+    Ok((same, changed))
 }
 
 /// The shipped default with made-up uids, as after resolve-mapping.

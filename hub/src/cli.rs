@@ -309,13 +309,8 @@ async fn dhis2_late_data(pool: &deadpool_postgres::Pool, config: Config, check: 
         return Ok(());
     }
     for out in &found {
-        println!(
-            "{}  {:<10} {} value(s) changed since export {}",
-            out.period,
-            out.site_code,
-            out.changes.len(),
-            out.exported_job
-        );
+        let since = out.exported_job.map_or_else(|| "never sent".to_owned(), |j| format!("since export {j}"));
+        println!("{}  {:<10} {} value(s) changed, {since}", out.period, out.site_code, out.changes.len());
         for c in &out.changes {
             println!(
                 "    {} / {}: sent {}, now {}",

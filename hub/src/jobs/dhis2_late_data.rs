@@ -15,8 +15,7 @@
 //! job of that period and site is looked at. Only one that ended
 //! `succeeded` or `succeeded_with_conflicts` is compared: a pending or
 //! running job will count the values itself, a failed one waits for the
-//! admin (its error says why, and a re-run counts afresh), and a period
-//! never exported is the schedule's or the admin's to send. The values are
+//! admin (its error says why, and a re-run counts afresh). The values are
 //! counted now with the mapping in force, written in the id scheme of the
 //! stored payload, and compared with the payload sent: org unit, data set
 //! and every (data element, category option combo) value. Any difference
@@ -24,9 +23,17 @@
 //! export that DHIS2 refused in part (a period locked since, E7640) is not
 //! sent again day after day: its payload already holds the new values.
 //!
+//! A site with no real export of the period at all is out of date only when
+//! the schedule reported that period (`dhis2_schedule_runs`: it then made a
+//! job for every site that existed) and the site now has a value above
+//! zero: a clinic enrolled after the schedule ran, whose box recorded that
+//! month's consultations before it could reach the hub. Where the schedule
+//! is off, periods are the admin's to export, site by site.
+//!
 //! # Creating the jobs
 //! [`run_once`] creates one `pending` job per out-of-date site and period
-//! (trigger `late_data`, `rerun_of` = the export whose values DHIS2 holds)
+//! (trigger `late_data`, `rerun_of` = the export whose values DHIS2 holds,
+//! if any)
 //! and the worker runs it like any other: once it succeeds it supersedes the
 //! earlier export. With several hubs the creation runs under a transaction
 //! advisory lock and re-reads the latest job of each site and period first:
@@ -62,8 +69,10 @@ pub struct OutOfDate {
     pub site_code: String,
     pub site_name: String,
     pub period: String,
-    /// The export whose values DHIS2 holds.
-    pub exported_job: Uuid,
+    /// The export whose values DHIS2 holds; `None` for a site never
+    /// exported for a period the schedule reported (it joined the hub
+    /// after the schedule ran).
+    pub exported_job: Option<Uuid>,
     /// What differs, in the stored payload's names (uids or codes).
     pub changes: Vec<ValueChange>,
 }
@@ -102,11 +111,12 @@ pub async fn find(pool: &Pool, config: &Config, today: Date) -> Result<Vec<OutOf
     Ok(found)
 }
 
-/// The latest real export of one site and period, when it was answered.
-struct Sent {
-    job: Uuid,
-    id_scheme: IdScheme,
-    payload: DataValueSet,
+/// The latest real export of one site and period.
+enum Latest {
+    /// Answered by DHIS2, with the payload sent.
+    Sent { job: Uuid, id_scheme: IdScheme, payload: DataValueSet },
+    /// Pending, running, failed: not compared.
+    Unanswered,
 }
 
 async fn find_in_period(
@@ -115,8 +125,8 @@ async fn find_in_period(
     period: Period,
     today: Date,
 ) -> Result<Vec<OutOfDate>, ExportError> {
-    let sent = latest_sent(pool, period).await?;
-    if sent.is_empty() {
+    let (latest, scheduled) = latest_exports(pool, period).await?;
+    if latest.is_empty() && !scheduled {
         return Ok(Vec::new());
     }
     let values: HashMap<SiteId, Vec<aggregate::IndicatorValue>> =
@@ -124,8 +134,16 @@ async fn find_in_period(
     let sites = aggregate::export_sites(pool, None).await.map_err(db_error)?;
     let mut found = Vec::new();
     for site in sites {
-        let (Some(sent), Some(values)) = (sent.get(&site.id), values.get(&site.id)) else { continue };
-        let scheme_mapping = Mapping { id_scheme: sent.id_scheme, ..mapping.clone() };
+        let Some(values) = values.get(&site.id) else { continue };
+        let (exported_job, sent, id_scheme) = match latest.get(&site.id) {
+            Some(Latest::Sent { job, id_scheme, payload }) => (Some(*job), Some(payload), *id_scheme),
+            Some(Latest::Unanswered) => continue,
+            // Never exported: sent only once the schedule reported the
+            // period for every site, and only when there is something to say.
+            None if scheduled && values.iter().any(|v| v.value > 0) => (None, None, mapping.id_scheme),
+            None => continue,
+        };
+        let scheme_mapping = Mapping { id_scheme, ..mapping.clone() };
         let now = match aggregate::build_payload(&scheme_mapping, &site, period, values, today) {
             Ok(now) => now,
             Err(e) => {
@@ -135,14 +153,17 @@ async fn find_in_period(
                 continue;
             }
         };
-        let changes = differences(&sent.payload, &now);
+        let changes = match sent {
+            Some(sent) => differences(sent, &now),
+            None => differences(&DataValueSet { data_values: Vec::new(), ..now.clone() }, &now),
+        };
         if !changes.is_empty() {
             found.push(OutOfDate {
                 site_id: site.id,
                 site_code: site.code,
                 site_name: site.name,
                 period: period.to_string(),
-                exported_job: sent.job,
+                exported_job,
                 changes,
             });
         }
@@ -150,25 +171,30 @@ async fn find_in_period(
     Ok(found)
 }
 
-/// The latest non-dry-run job of each site for `period`, kept when it ended
-/// with an answer from DHIS2 and a stored payload.
-async fn latest_sent(pool: &Pool, period: Period) -> Result<HashMap<SiteId, Sent>, ExportError> {
-    let rows = pool
-        .get()
-        .await?
+/// The latest non-dry-run job of each site for `period`, and whether the
+/// schedule exported the period (`dhis2_schedule_runs`).
+async fn latest_exports(pool: &Pool, period: Period) -> Result<(HashMap<SiteId, Latest>, bool), ExportError> {
+    let db = pool.get().await?;
+    let period = period.to_string();
+    let rows = db
         .query(
             "SELECT DISTINCT ON (site_id) id, site_id, status, id_scheme, payload::text AS payload
              FROM dhis2_export_jobs WHERE period = $1 AND NOT dry_run
              ORDER BY site_id, created_at DESC, id DESC",
-            &[&period.to_string()],
+            &[&period],
         )
         .await?;
-    let mut sent = HashMap::new();
+    let scheduled = db.query_opt("SELECT 1 FROM dhis2_schedule_runs WHERE period = $1", &[&period]).await?.is_some();
+    let answered = [JobStatus::Succeeded, JobStatus::SucceededWithConflicts].map(JobStatus::as_str);
+    let mut latest = HashMap::new();
     for row in rows {
+        let site = SiteId::from_uuid(row.try_get("site_id")?);
         let status: String = row.try_get("status")?;
-        let answered = [JobStatus::Succeeded, JobStatus::SucceededWithConflicts].map(JobStatus::as_str);
         let payload: Option<String> = row.try_get("payload")?;
-        let (true, Some(payload)) = (answered.contains(&status.as_str()), payload) else { continue };
+        let (true, Some(payload)) = (answered.contains(&status.as_str()), payload) else {
+            latest.insert(site, Latest::Unanswered);
+            continue;
+        };
         let job: Uuid = row.try_get("id")?;
         let payload = serde_json::from_str(&payload)
             .map_err(|e| DbError::Invalid(format!("dhis2_export_jobs.payload of {job}: {e}")))?;
@@ -176,9 +202,9 @@ async fn latest_sent(pool: &Pool, period: Period) -> Result<HashMap<SiteId, Sent
             Some("code") => IdScheme::Code,
             _ => IdScheme::Uid,
         };
-        sent.insert(SiteId::from_uuid(row.try_get("site_id")?), Sent { job, id_scheme, payload });
+        latest.insert(site, Latest::Sent { job, id_scheme, payload });
     }
-    Ok(sent)
+    Ok((latest, scheduled))
 }
 
 fn db_error(e: AggregateError) -> ExportError {
@@ -237,7 +263,7 @@ pub async fn run_once(pool: &Pool, config: &Config, today: Date) -> Result<Vec<E
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        if latest != Some(out.exported_job) {
+        if latest != out.exported_job {
             // Another hub (or an admin) made a newer export meanwhile.
             continue;
         }
@@ -249,13 +275,13 @@ pub async fn run_once(pool: &Pool, config: &Config, today: Date) -> Result<Vec<E
             trigger: Trigger::LateData,
             requested_by: None,
         };
-        for job in dhis2_export::insert_jobs(&tx, new, Some(out.exported_job)).await? {
+        for job in dhis2_export::insert_jobs(&tx, new, out.exported_job).await? {
             created.push((job, out));
         }
     }
     tx.commit().await?;
     for (job, out) in &created {
-        tracing::info!(job = %job.id, site = %job.site_code, period = %job.period, rerun_of = %out.exported_job,
+        tracing::info!(job = %job.id, site = %job.site_code, period = %job.period, rerun_of = ?out.exported_job,
             changed_values = out.changes.len(), "DHIS2 late data: re-export created");
     }
     Ok(created.into_iter().map(|(job, _)| job).collect())

@@ -255,6 +255,10 @@ fn row(key: &str) -> Option<(&'static str, &'static str)> {
             ("Rien à renvoyer\u{a0}: tout est à jour.", "Nothing to send: everything is up to date.")
         }
         "late_data_exported" => ("L'export que DHIS2 a reçu →", "The export DHIS2 received →"),
+        "late_data_never_sent" => (
+            "Jamais envoyé\u{a0}: ce site a rejoint le hub après l'export automatique de cette période.",
+            "Never sent: this site joined the hub after the automatic export of this period.",
+        ),
         "late_data_sent" => ("Envoyé", "Sent"),
         "late_data_now" => ("Maintenant", "Now"),
         "late_data_send" => ("Envoyer les corrections à DHIS2", "Send the corrections to DHIS2"),

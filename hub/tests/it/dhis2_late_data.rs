@@ -1,6 +1,7 @@
 //! DHIS2 late data against a fake DHIS2 (real HTTP on loopback, real
 //! PostgreSQL): a consultation that reaches the hub after its month was
-//! exported is found and re-exported once; what is not compared (dry runs,
+//! exported is found and re-exported once; a site enrolled after the
+//! schedule ran gets that month sent; what is not compared (dry runs,
 //! failed or pending exports, periods past the window); a re-export DHIS2
 //! refused is not sent again; two hubs checking at once; the API (its
 //! answers checked against the OpenAPI schemas).
@@ -12,8 +13,12 @@ use time::OffsetDateTime;
 
 use crate::dhis2_api::schemas;
 use crate::dhis2_jobs::{
-    CONS_TOTAL, DEFAULT_COC, KATI_OU, Setup, add_visits, config_with, dhis2_config, export, job, run_to_end,
+    CONS_TOTAL, DEFAULT_COC, KATI_OU, Setup, VALUES_PER_SITE, add_site, add_visits, config_with, dhis2_config, export,
+    job, run_to_end,
 };
+
+/// SIBY's org unit in the fake DHIS2, assigned to the data set.
+const SIBY_OU: &str = "ouSiby00001";
 use hub::jobs::dhis2_export::{self, JobStatus, Trigger};
 use hub::jobs::dhis2_late_data;
 
@@ -41,7 +46,7 @@ async fn a_consultation_synced_after_the_export_is_sent_by_the_check_once() {
     let found = dhis2_late_data::find(&s.pool, &s.config, today()).await.expect("find");
     assert_eq!(found.len(), 1, "{found:?}");
     let out = &found[0];
-    assert_eq!((out.site_id, out.period.as_str(), out.exported_job), (s.kati, &*s.period.to_string(), first.id));
+    assert_eq!((out.site_id, out.period.as_str(), out.exported_job), (s.kati, &*s.period.to_string(), Some(first.id)));
     let total = out
         .changes
         .iter()
@@ -101,9 +106,46 @@ async fn only_the_latest_answered_real_export_of_a_recent_period_is_compared() {
     let wider = config_with(hub::config::Dhis2Config { late_data_periods: 2, ..s.config.dhis2.clone() });
     let found = dhis2_late_data::find(&s.pool, &wider, today()).await.expect("find");
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!((found[0].period.clone(), found[0].exported_job), (older.to_string(), old.id));
+    assert_eq!((found[0].period.clone(), found[0].exported_job), (older.to_string(), Some(old.id)));
     let periods = dhis2_late_data::periods(&hub::dhis2::mapping::Mapping::default_mapping(), today(), 2);
     assert_eq!(periods, [s.period, older]);
+}
+
+#[tokio::test]
+async fn a_site_enrolled_after_the_schedule_ran_has_that_months_data_sent() {
+    let s = Setup::new().await;
+    let ctx = s.ctx();
+    // The month before was exported by hand, the last one by the schedule.
+    let older = s.period.previous();
+    add_visits(&s.pool, s.kati, &[(older.start(), "consultation")]).await;
+    let manual = export(&s.pool, &s.config, older, s.kati, false).await;
+    run_to_end(&ctx, manual.id).await;
+    let scheduled = hub::jobs::run_schedule_once(&s.pool, &s.config, today()).await.expect("schedule");
+    assert_eq!(scheduled.len(), 1);
+    run_to_end(&ctx, scheduled[0].id).await;
+
+    // Two clinics join afterwards: SIBY's box recorded consultations in both
+    // months before it could reach the hub; QUIET recorded nothing then.
+    let siby = add_site(&s.pool, "SIBY", Some(SIBY_OU)).await;
+    let visits = [(s.period.start(), "consultation"), (s.period.end(), "antenatal"), (older.end(), "consultation")];
+    add_visits(&s.pool, siby, &visits).await;
+    add_site(&s.pool, "QUIET", Some("ouQuiet0001")).await;
+    let found = dhis2_late_data::find(&s.pool, &s.config, today()).await.expect("find");
+    assert_eq!(found.len(), 1, "the scheduled month only, SIBY only: {found:?}");
+    let out = &found[0];
+    assert_eq!((out.site_id, out.period.clone(), out.exported_job), (siby, s.period.to_string(), None));
+    assert_eq!(out.changes.len(), VALUES_PER_SITE, "every value is new: {:?}", out.changes);
+    assert!(out.changes.iter().all(|c| c.sent.is_none()));
+
+    let created = dhis2_late_data::run_once(&s.pool, &s.config, today()).await.expect("run");
+    assert_eq!(created.len(), 1);
+    assert_eq!((created[0].site_id, created[0].rerun_of, created[0].trigger), (siby, None, Trigger::LateData));
+    let done = run_to_end(&ctx, created[0].id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    let period = s.period.to_string();
+    assert_eq!(s.fake.value(SIBY_OU, &period, CONS_TOTAL, DEFAULT_COC).as_deref(), Some("1"));
+    assert_eq!(s.fake.value(SIBY_OU, &period, "deAncVisit1", DEFAULT_COC).as_deref(), Some("1"));
+    assert!(dhis2_late_data::find(&s.pool, &s.config, today()).await.expect("find").is_empty());
 }
 
 #[tokio::test]
@@ -170,7 +212,7 @@ async fn the_api_lists_and_sends_late_data() {
     let fake = FakeDhis2::start().await;
     let dhis2 = dhis2_config(&fake);
     let hub = crate::support::TestHub::configured(|c| c.dhis2 = dhis2).await;
-    let kati = crate::dhis2_jobs::add_site(&hub.state.db, "KATI", Some(KATI_OU)).await;
+    let kati = add_site(&hub.state.db, "KATI", Some(KATI_OU)).await;
     let period = crate::dhis2_jobs::last_month();
     add_visits(&hub.state.db, kati, &[(period.start(), "consultation")]).await;
     let config = hub.state.config.clone();
