@@ -250,11 +250,20 @@ async fn late_data_check(
 
 /// The shipped default with made-up uids, as after resolve-mapping.
 fn resolved_default() -> Mapping {
+    // One uid per code, as DHIS2 has them (the mapping refuses two).
+    fn uid_of(prefix: &str, code: &str, known: &mut Vec<String>) -> Option<String> {
+        let i = known.iter().position(|c| c == code).unwrap_or_else(|| {
+            known.push(code.to_owned());
+            known.len() - 1
+        });
+        Some(format!("{prefix}{i:04}"))
+    }
     let mut m = Mapping::default_mapping();
     m.data_set.uid = Some("srMonthly01".into());
-    for (i, ind) in m.indicators.iter_mut().enumerate() {
-        ind.data_element.uid = Some(format!("deBench{i:04}"));
-        ind.category_option_combo.uid = Some(format!("coBench{i:04}"));
+    let (mut elements, mut combos) = (Vec::new(), Vec::new());
+    for ind in &mut m.indicators {
+        ind.data_element.uid = uid_of("deBench", &ind.data_element.code, &mut elements);
+        ind.category_option_combo.uid = uid_of("coBench", &ind.category_option_combo.code, &mut combos);
     }
     m
 }
