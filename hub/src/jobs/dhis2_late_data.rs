@@ -42,7 +42,7 @@
 //! Reading costs one grouped query per period that has exports to compare
 //! (the same as an all-sites export, see the `dhis2_export` benchmark).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
 use santerurale_shared::SiteId;
@@ -55,7 +55,7 @@ use crate::config::Config;
 use crate::db::DbError;
 use crate::dhis2::aggregate::{self, AggregateError};
 use crate::dhis2::mapping::{self, Mapping};
-use crate::dhis2::payload::{DataValueSet, IdScheme};
+use crate::dhis2::payload::{DataValue, DataValueSet, IdScheme};
 use crate::dhis2::period::Period;
 
 /// Key of the advisory lock held while late-data jobs are created
@@ -215,30 +215,33 @@ fn db_error(e: AggregateError) -> ExportError {
     }
 }
 
-/// What differs between the payload sent and the one counted now. A
-/// different org unit or data set changes every value's destination: each
-/// value is then listed.
+/// What differs between the payload sent and the one counted now, in the
+/// order of the values counted now (the mapping's), then the values no
+/// longer counted. A different org unit, data set or period changes every
+/// value's destination: each value is then listed.
 #[must_use]
 pub fn differences(sent: &DataValueSet, now: &DataValueSet) -> Vec<ValueChange> {
-    let key = |v: &crate::dhis2::payload::DataValue| (v.data_element.clone(), v.category_option_combo.clone());
-    let mut merged: BTreeMap<(String, String), (Option<String>, Option<String>)> = BTreeMap::new();
-    for v in &sent.data_values {
-        merged.entry(key(v)).or_default().0 = Some(v.value.clone());
-    }
-    for v in &now.data_values {
-        merged.entry(key(v)).or_default().1 = Some(v.value.clone());
-    }
+    let key = |v: &DataValue| (v.data_element.clone(), v.category_option_combo.clone());
+    let mut sent_values: HashMap<(String, String), &str> =
+        sent.data_values.iter().map(|v| (key(v), &*v.value)).collect();
     let moved = sent.org_unit != now.org_unit || sent.data_set != now.data_set || sent.period != now.period;
-    merged
-        .into_iter()
-        .filter(|(_, (sent, now))| moved || sent != now)
-        .map(|((data_element, category_option_combo), (sent, now))| ValueChange {
-            data_element,
-            category_option_combo,
-            sent,
-            now,
-        })
-        .collect()
+    let change = |(data_element, category_option_combo): (String, String), sent: Option<&str>, now: Option<&str>| {
+        ValueChange { data_element, category_option_combo, sent: sent.map(str::to_owned), now: now.map(str::to_owned) }
+    };
+    let mut changes = Vec::new();
+    for v in &now.data_values {
+        let was = sent_values.remove(&key(v));
+        if moved || was != Some(&*v.value) {
+            changes.push(change(key(v), was, Some(&v.value)));
+        }
+    }
+    // What is no longer counted, in the order it was sent.
+    for v in &sent.data_values {
+        if let Some(was) = sent_values.remove(&key(v)) {
+            changes.push(change(key(v), Some(was), None));
+        }
+    }
+    changes
 }
 
 /// Finds the out-of-date exports and creates their jobs (see the module
@@ -290,7 +293,6 @@ pub async fn run_once(pool: &Pool, config: &Config, today: Date) -> Result<Vec<E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dhis2::payload::DataValue;
 
     fn set(org_unit: &str, values: &[(&str, &str, &str)]) -> DataValueSet {
         DataValueSet {
@@ -311,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn differences_name_each_changed_added_or_removed_value() {
+    fn differences_name_each_changed_added_or_removed_value_in_the_mappings_order() {
         let sent = set("ou", &[("a", "x", "3"), ("a", "y", "1"), ("b", "x", "0")]);
         let mut now = set("ou", &[("a", "x", "3"), ("a", "y", "1"), ("b", "x", "0")]);
         now.complete_date = Some("2024-06-09".into());
@@ -327,8 +329,8 @@ mod tests {
             brief,
             [
                 ("a", "x", Some("3".to_owned()), Some("4".to_owned())),
-                ("b", "x", Some("0".to_owned()), None),
                 ("c", "x", None, Some("2".to_owned())),
+                ("b", "x", Some("0".to_owned()), None),
             ]
         );
     }

@@ -246,7 +246,7 @@ fn row(key: &str) -> Option<(&'static str, &'static str)> {
             "Consultations count in the month of their date, even when they reach the hub after the export. Every day the hub compares the latest exports of recent periods with what it counts now and sends DHIS2 those that changed.",
         ),
         "late_data_periods" => ("Périodes vérifiées", "Periods checked"),
-        "late_data_schedule" => ("Vérification automatique", "Automatic check"),
+        "late_data_schedule" => ("Vérification des données tardives", "Late-data check"),
         "late_data_none" => (
             "Tout est à jour\u{a0}: DHIS2 a les valeurs que le hub compte maintenant.",
             "Everything is up to date: DHIS2 holds the values the hub counts now.",
