@@ -8,7 +8,9 @@
 //!   current one for every site ([`run_schedule_once`]). With several hubs,
 //!   each runs the schedule, but only the one whose insert into
 //!   `dhis2_schedule_runs(period)` succeeds creates the period's jobs, in the
-//!   same transaction, so a period is scheduled once;
+//!   same transaction, so a period is scheduled once. A period whose export
+//!   fell while no hub was running is exported at the next start or daily
+//!   check ([`catch_up_schedule`]);
 //! - [`dhis2_late_data`] (`dhis2.late_data_schedule`, default every day at
 //!   03:30 UTC): re-exports the recent periods whose values changed after
 //!   they were sent, such as a consultation that synced after the export.
@@ -116,13 +118,27 @@ pub async fn spawn(state: &AppState) -> Result<Jobs, JobsError> {
         }
         if late_data_on {
             add_cron(&scheduler, state, LATE_DATA_SCHEDULE, &dhis2.late_data_schedule, |pool, config, today| {
-                Box::pin(async move { Ok(dhis2_late_data::run_once(&pool, &config, today).await?.len()) })
+                Box::pin(async move {
+                    let caught_up = catch_up_schedule(&pool, &config, OffsetDateTime::now_utc()).await?.len();
+                    Ok(caught_up + dhis2_late_data::run_once(&pool, &config, today).await?.len())
+                })
             })
             .await?;
         }
         scheduler.start().await.map_err(JobsError::Scheduler)?;
         Some(scheduler)
     };
+    if !is_off(&dhis2.schedule) {
+        // A month whose export fell while no hub ran is sent now.
+        let (pool, config, wake) = (state.db.clone(), state.config.clone(), state.export_wake.clone());
+        tokio::spawn(async move {
+            match catch_up_schedule(&pool, &config, OffsetDateTime::now_utc()).await {
+                Ok(jobs) if !jobs.is_empty() => wake.notify_one(),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %crate::error_chain(&e), "DHIS2 schedule: cannot catch up"),
+            }
+        });
+    }
     let (stop, mut stopped) = watch::channel(false);
     let ctx = WorkerContext::from_state(state);
     let worker = tokio::spawn(dhis2_export::worker(ctx, async move {
@@ -196,4 +212,81 @@ pub async fn run_schedule_once(pool: &Pool, config: &Config, today: Date) -> Res
         tracing::info!(period = %period, jobs = jobs.len(), "DHIS2 schedule: period scheduled");
     }
     Ok(jobs)
+}
+
+/// When the export schedule `expression` first fires after `period` ended
+/// (read as `tokio-cron-scheduler` reads it: seconds required, day of month
+/// AND day of week), or `None` for `off` or an expression it refuses.
+#[must_use]
+pub fn first_run_after(expression: &str, period: Period) -> Option<OffsetDateTime> {
+    if is_off(expression) {
+        return None;
+    }
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
+        .ok()?;
+    let ended = period.end().next_day()?.midnight().assume_utc().unix_timestamp();
+    let ended = chrono::DateTime::from_timestamp(ended, 0)?;
+    let next = cron.find_next_occurrence(&ended, true).ok()?;
+    OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
+}
+
+/// Catches up a scheduled export no hub ran: when the schedule should have
+/// exported the period before `now`'s by now (it fired while every hub was
+/// stopped: a power cut, an upgrade) and that period is not in
+/// `dhis2_schedule_runs`, it is scheduled now, as [`run_schedule_once`]
+/// would have (once, whatever the number of hubs). Only on a database where
+/// the schedule has run before: a new hub does not report a month it was
+/// not running in. `hub serve` calls this at start and before each
+/// late-data check.
+pub async fn catch_up_schedule(
+    pool: &Pool,
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<Vec<ExportJob>, ExportError> {
+    let loaded = mapping::load(pool, &config.dhis2).await?;
+    let period = Period::containing(now.date(), loaded.mapping.data_set.period_type).previous();
+    let Some(due) = first_run_after(&config.dhis2.schedule, period) else { return Ok(Vec::new()) };
+    if now < due {
+        return Ok(Vec::new());
+    }
+    let db = pool.get().await?;
+    let earlier = db.query_opt("SELECT 1 FROM dhis2_schedule_runs LIMIT 1", &[]).await?.is_some();
+    drop(db);
+    if !earlier {
+        return Ok(Vec::new());
+    }
+    let jobs = run_schedule_once(pool, config, now.date()).await?;
+    if !jobs.is_empty() {
+        tracing::warn!(period = %period, %due, jobs = jobs.len(),
+            "DHIS2 schedule: the export due then did not run (no hub was running); exporting now");
+    }
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn period(p: &str) -> Period {
+        Period::parse(p).expect("period")
+    }
+
+    #[test]
+    fn the_first_run_after_a_period_is_read_as_the_scheduler_reads_it() {
+        let at = |expression, p| first_run_after(expression, period(p));
+        assert_eq!(at("0 0 2 2 * *", "202411"), Some(datetime!(2024-12-02 02:00 UTC)));
+        assert_eq!(at("0 30 3 * * *", "202411"), Some(datetime!(2024-12-01 03:30 UTC)));
+        // The first instant after the period counts.
+        assert_eq!(at("0 0 0 1 * *", "202412"), Some(datetime!(2025-01-01 00:00 UTC)));
+        // Weekly: 2024W15 is Monday 8 to Sunday 14 April.
+        assert_eq!(at("0 0 6 * * Mon", "2024W15"), Some(datetime!(2024-04-15 06:00 UTC)));
+        assert_eq!(at("off", "202411"), None);
+        assert_eq!(at("every month", "202411"), None);
+    }
 }

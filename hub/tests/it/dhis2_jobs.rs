@@ -627,6 +627,30 @@ async fn the_schedule_creates_a_periods_jobs_once() {
     assert_eq!(real_sends(&s.fake), 2);
 }
 
+#[tokio::test]
+async fn a_scheduled_export_missed_while_no_hub_ran_is_caught_up_once() {
+    let s = Setup::with(|c| c.schedule = "0 0 2 2 * *".into()).await;
+    let due = hub::jobs::first_run_after(&s.config.dhis2.schedule, s.period).expect("a run after the period");
+    let catch_up = |now| hub::jobs::catch_up_schedule(&s.pool, &s.config, now);
+    // A new hub does not report a month it was not running in.
+    assert!(catch_up(due + time::Duration::hours(1)).await.expect("catch up").is_empty());
+
+    // This database has been reporting: the month before was scheduled.
+    let db = s.pool.get().await.expect("conn");
+    db.execute("INSERT INTO dhis2_schedule_runs (period) VALUES ($1)", &[&s.period.previous().to_string()])
+        .await
+        .expect("earlier run");
+    assert!(catch_up(due - time::Duration::seconds(1)).await.expect("catch up").is_empty(), "not due yet");
+    let jobs = catch_up(due).await.expect("catch up");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].period.clone(), jobs[0].trigger), (s.period.to_string(), Trigger::Schedule));
+    // Later (the daily check, another hub starting): once only.
+    assert!(catch_up(due + time::Duration::days(1)).await.expect("catch up").is_empty());
+    assert!(hub::jobs::run_schedule_once(&s.pool, &s.config, due.date()).await.expect("schedule").is_empty());
+    assert_eq!(run_to_end(&s.ctx(), jobs[0].id).await.status, JobStatus::Succeeded);
+    assert_eq!(real_sends(&s.fake), 1);
+}
+
 #[test]
 fn schedules_are_checked() {
     let with = |schedule: &str, late_data_schedule: &str| Dhis2Config {
