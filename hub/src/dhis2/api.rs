@@ -7,7 +7,10 @@
 //!   [`crate::jobs::dhis2_export`]). 422 `invalid_period` for a malformed
 //!   period, one of another period type than the mapping's data set, or one
 //!   that has not started; 404 `site_not_found`.
-//! - `GET /api/v1/dhis2/exports?limit=`: the newest jobs; `GET
+//! - `GET /api/v1/dhis2/exports?limit=&period=&status=`: the newest jobs
+//!   (of one period, in one status); `GET /api/v1/dhis2/periods?limit=`:
+//!   for the periods exported most recently, how many sites' latest export
+//!   succeeded, had conflicts, failed, is in progress, or is missing; `GET
 //!   /api/v1/dhis2/exports/{id}`: one job with its payload, the answer
 //!   received, `import_count` and `conflicts`; `POST
 //!   /api/v1/dhis2/exports/{id}/rerun`: a new job for the same period, site
@@ -45,7 +48,10 @@ use crate::dhis2::client::{Dhis2Client, Dhis2Error};
 use crate::dhis2::mapping::{self, Mapping, MappingError};
 use crate::dhis2::period::Period;
 use crate::dhis2::resolve;
-use crate::jobs::dhis2_export::{self, ExportError, ExportJob, NewExport, Trigger};
+use crate::jobs::dhis2_export::summary::SUMMARY_LIMIT;
+use crate::jobs::dhis2_export::{
+    self, ExportError, ExportJob, JobStatus, ListFilter, NewExport, Trigger, period_summaries,
+};
 use crate::jobs::dhis2_late_data;
 
 /// Jobs listed when no `limit` is given.
@@ -61,6 +67,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/dhis2/mapping/resolve", post(resolve_mapping))
         .route("/api/v1/dhis2/preview", get(preview))
         .route("/api/v1/dhis2/late-data", get(late_data).post(send_late_data))
+        .route("/api/v1/dhis2/periods", get(periods))
 }
 
 impl From<ExportError> for ApiError {
@@ -157,6 +164,8 @@ async fn export(
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
+    period: Option<String>,
+    status: Option<String>,
 }
 
 async fn list_exports(
@@ -173,8 +182,35 @@ async fn list_exports(
             format!("limit must be between 1 and {}", dhis2_export::LIST_LIMIT),
         ));
     }
-    let jobs = dhis2_export::list(&state.db, limit).await?;
+    let status = match query.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request("invalid_query", format!("unknown status {s:?}: one of {}", known.join(", ")))
+        })?),
+    };
+    let period = query.period.map(|p| p.trim().to_owned()).filter(|p| !p.is_empty());
+    let jobs = dhis2_export::list_filtered(&state.db, limit, &ListFilter { period, status }).await?;
     Ok(Json(json!({ "jobs": jobs })))
+}
+
+#[derive(Debug, Deserialize)]
+struct PeriodsQuery {
+    limit: Option<i64>,
+}
+
+async fn periods(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    query: Result<Query<PeriodsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    user.require_admin()?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(12);
+    if !(1..=SUMMARY_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {SUMMARY_LIMIT}")));
+    }
+    Ok(Json(json!({ "periods": period_summaries(&state.db, limit).await? })))
 }
 
 async fn get_export(

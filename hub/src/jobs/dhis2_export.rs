@@ -59,6 +59,7 @@
 //! Logs name job ids, site codes, periods and counts; aggregates carry no
 //! patient data, and no values are logged anyway.
 
+pub mod summary;
 mod worker;
 
 use deadpool_postgres::Pool;
@@ -75,6 +76,7 @@ use crate::dhis2::mapping::{self, MappingError};
 use crate::dhis2::payload::{ImportConflict, ImportCount};
 use crate::dhis2::period::{Period, PeriodError};
 
+pub use summary::{PeriodSummary, period_summaries};
 pub use worker::{WorkerContext, backoff, run_one, worker};
 
 /// Most jobs [`list`] returns.
@@ -388,16 +390,29 @@ pub async fn rerun(
     Ok(job)
 }
 
+/// Which jobs [`list_filtered`] returns: every one where a field is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub period: Option<String>,
+    pub status: Option<JobStatus>,
+}
+
 /// The newest jobs first, at most `limit` (and [`LIST_LIMIT`]).
 pub async fn list(pool: &Pool, limit: i64) -> Result<Vec<ExportJob>, ExportError> {
+    list_filtered(pool, limit, &ListFilter::default()).await
+}
+
+/// [`list`] of the jobs matching `filter`.
+pub async fn list_filtered(pool: &Pool, limit: i64, filter: &ListFilter) -> Result<Vec<ExportJob>, ExportError> {
     let client = pool.get().await?;
     let rows = client
         .query(
             &format!(
                 "SELECT {COLUMNS} FROM dhis2_export_jobs j JOIN sites s ON s.id = j.site_id
+                 WHERE ($2::text IS NULL OR j.period = $2) AND ($3::text IS NULL OR j.status = $3)
                  ORDER BY j.created_at DESC, j.id DESC LIMIT $1"
             ),
-            &[&limit.clamp(0, LIST_LIMIT)],
+            &[&limit.clamp(0, LIST_LIMIT), &filter.period, &filter.status.map(JobStatus::as_str)],
         )
         .await?;
     Ok(rows.iter().map(job_from_row).collect::<Result<_, _>>()?)

@@ -13,7 +13,8 @@
 //! the credentials.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use santerurale_server::web::{Lang, see_other};
@@ -30,7 +31,9 @@ use crate::config::Dhis2Config;
 use crate::dhis2::mapping::{self, Indicator, Mapping, MappingError};
 use crate::dhis2::payload::DataValueSet;
 use crate::dhis2::period::{Period, PeriodError, PeriodType};
-use crate::jobs::dhis2_export::{self, ExportError, ExportJob, JobStatus, NewExport, Trigger};
+use crate::jobs::dhis2_export::{
+    self, ExportError, ExportJob, JobStatus, ListFilter, NewExport, PeriodSummary, Trigger, period_summaries,
+};
 use crate::sites::Site;
 
 pub(super) mod late_data_page;
@@ -38,6 +41,8 @@ pub(super) mod mapping_page;
 
 /// Jobs the exports page lists.
 const LIST_LIMIT: i64 = 200;
+/// Periods the exports page sums up.
+const SUMMARY_PERIODS: i64 = 6;
 
 /// The plain-words explanation of a DHIS2 import conflict's error code
 /// (`ErrorCode.java`, E76xx), and what to do about it.
@@ -171,7 +176,28 @@ struct ExportsTpl<'a> {
     form: FormState,
     /// A problem with the form as a whole (the mapping cannot be loaded).
     alert: Option<String>,
+    /// Where each recent period stands.
+    summaries: Vec<PeriodSummary>,
+    /// The list's filter, as shown: the period and the status's message key.
+    filter_period: Option<String>,
+    filter_status_key: Option<&'static str>,
     jobs: Vec<JobRow>,
+}
+
+/// `GET /dhis2?period=&status=`: the exports list's filter (an unknown
+/// status is left out).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListParams {
+    period: Option<String>,
+    status: Option<String>,
+}
+
+impl ListParams {
+    fn filter(&self) -> ListFilter {
+        let period = self.period.as_deref().map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+        let status = self.status.as_deref().and_then(|s| JobStatus::parse(s.trim()));
+        ListFilter { period, status }
+    }
 }
 
 /// The period type of the mapping in force (monthly when it cannot be loaded).
@@ -185,21 +211,31 @@ async fn exports_page(
     status: StatusCode,
     form: FormState,
     alert: Option<String>,
+    filter: &ListFilter,
 ) -> Result<Response, UiError> {
     let sites = crate::sites::list(&state.db).await.map_err(|e| page.internal(&e))?;
-    let jobs = dhis2_export::list(&state.db, LIST_LIMIT).await.map_err(|e| page.internal(&e))?;
+    let summaries = period_summaries(&state.db, SUMMARY_PERIODS).await.map_err(|e| page.internal(&e))?;
+    let jobs = dhis2_export::list_filtered(&state.db, LIST_LIMIT, filter).await.map_err(|e| page.internal(&e))?;
     let jobs = jobs.into_iter().map(JobRow::new).collect();
     let conn = Connection::of(&state.config.dhis2);
-    Ok(render(status, page, &ExportsTpl { page, conn, sites, form, alert, jobs }))
+    let (filter_period, filter_status_key) = (filter.period.clone(), filter.status.map(status_key));
+    let tpl = ExportsTpl { page, conn, sites, form, alert, summaries, filter_period, filter_status_key, jobs };
+    Ok(render(status, page, &tpl))
 }
 
-/// `GET /dhis2`.
-pub async fn exports(State(state): State<AppState>, Signed { mut page, .. }: Signed) -> Result<Response, UiError> {
+/// `GET /dhis2?period=&status=`.
+pub async fn exports(
+    State(state): State<AppState>,
+    Signed { mut page, .. }: Signed,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, UiError> {
     page.nav = "dhis2";
     let mut form = FormState::default();
     let today = OffsetDateTime::now_utc().date();
     form.set("period", &Period::containing(today, period_type(&state).await).previous().to_string());
-    exports_page(&state, &page, StatusCode::OK, form, None).await
+    // A malformed query shows the whole list, as a link without one would.
+    let filter = params.map(|Query(p)| p.filter()).unwrap_or_default();
+    exports_page(&state, &page, StatusCode::OK, form, None, &filter).await
 }
 
 /// `POST /dhis2/exports`: fields `period`, `site` (blank: every site) and
@@ -227,7 +263,8 @@ pub async fn start_export(State(state): State<AppState>, signed: Signed, raw: Ra
         },
     };
     let (Some(period), Some(site)) = (period, site) else {
-        return exports_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, shown, None).await;
+        return exports_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, shown, None, &ListFilter::default())
+            .await;
     };
     let new = NewExport {
         period,
@@ -253,7 +290,7 @@ pub async fn start_export(State(state): State<AppState>, signed: Signed, raw: Ra
         Err(ExportError::Mapping(e)) => alert = Some(mapping_alert(&page, &e)?),
         Err(e) => return Err(page.internal(&e)),
     }
-    exports_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, shown, alert).await
+    exports_page(&state, &page, StatusCode::UNPROCESSABLE_ENTITY, shown, alert, &ListFilter::default()).await
 }
 
 fn push_period_error(form: &mut FormState, page: &Page, e: &PeriodError) {

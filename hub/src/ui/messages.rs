@@ -235,6 +235,21 @@ fn row(key: &str) -> Option<(&'static str, &'static str)> {
             "The DHIS2 mapping in force cannot be used (see the DHIS2 mapping page):",
         ),
 
+        // DHIS2: where each period stands.
+        "periods_summary" => ("Où en est chaque période", "Where each period stands"),
+        "periods_summary_hint" => (
+            "Selon le dernier export de chaque site (hors essais). «\u{a0}Sans export\u{a0}»\u{a0}: sites qui n'ont encore rien envoyé pour cette période.",
+            "By each site's latest export (trials left out). 'Not exported': sites that have sent nothing for this period yet.",
+        ),
+        "col_succeeded" => ("Réussis", "Succeeded"),
+        "col_conflicts" => ("Avec conflits", "With conflicts"),
+        "col_failed" => ("Échoués", "Failed"),
+        "col_in_progress" => ("En cours", "In progress"),
+        "col_not_exported" => ("Sans export", "Not exported"),
+        "filtered" => ("Exports affichés\u{a0}:", "Exports shown:"),
+        "show_all" => ("tout afficher", "show all"),
+        "no_matching_exports" => ("Aucun export ne correspond.", "No export matches."),
+
         // DHIS2: late data.
         "late_data_title" => ("Données arrivées après l'envoi", "Data that arrived after the export"),
         "late_data_link" => (

@@ -238,6 +238,42 @@ async fn refused_exports_change_nothing() {
 }
 
 #[tokio::test]
+async fn periods_are_summed_up_and_the_list_filtered() {
+    let fake = FakeDhis2::start().await;
+    let (hub, kati) = Hub::start(dhis2_config(&fake)).await;
+    let period = last_month().to_string();
+    add_visits(hub.pool(), kati, &[(last_month().start(), "consultation")]).await;
+    let (status, created) = hub.call(Method::POST, "/api/v1/dhis2/export", Some(&json!({ "period": period }))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    hub.finished(created["jobs"][0]["id"].as_str().expect("id")).await;
+
+    let (status, body) = hub.call(Method::GET, "/api/v1/dhis2/periods", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    schemas().conforms("Dhis2Periods", &body);
+    let p = &body["periods"][0];
+    assert_eq!(
+        (p["period"].as_str(), p["sites"].as_i64(), p["succeeded"].as_i64()),
+        (Some(&*period), Some(1), Some(1))
+    );
+    assert_eq!(p["not_exported"], 0);
+
+    let hub = &hub;
+    let listed =
+        |query: String| async move { hub.call(Method::GET, &format!("/api/v1/dhis2/exports?{query}"), None).await };
+    let (status, body) = listed(format!("period={period}&status=succeeded")).await;
+    assert_eq!((status, body["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "{body}");
+    schemas().conforms("ExportJobList", &body);
+    let (_, body) = listed(format!("period={period}&status=failed")).await;
+    assert_eq!(body["jobs"], json!([]));
+    let (_, body) = listed("period=202001".to_owned()).await;
+    assert_eq!(body["jobs"], json!([]));
+    let (status, error) = listed("status=done".to_owned()).await;
+    assert_eq!((status, error_code(&error)), (StatusCode::BAD_REQUEST, "invalid_query"), "{error}");
+    let (status, error) = hub.call(Method::GET, "/api/v1/dhis2/periods?limit=0", None).await;
+    assert_eq!((status, error_code(&error)), (StatusCode::BAD_REQUEST, "invalid_query"));
+}
+
+#[tokio::test]
 async fn the_mapping_is_shown_saved_refused_and_reset() {
     let fake = FakeDhis2::start().await;
     let (hub, _) = Hub::start(Dhis2Config { mapping_file: None, ..dhis2_config(&fake) }).await;

@@ -488,3 +488,38 @@ async fn late_data_is_shown_and_sent_from_its_page() {
     assert!(again.body.contains("id=\"late-data-alert\">Rien à renvoyer"), "{}", again.body);
     assert_eq!(count(&hub, "dhis2_export_jobs").await, 2);
 }
+
+#[tokio::test]
+async fn each_period_is_summed_up_and_the_list_filtered_by_a_click() {
+    use crate::dhis2_jobs::{KATI_OU, add_site, add_visits, context, dhis2_config, export, last_month, run_to_end};
+
+    let fake = FakeDhis2::start().await;
+    let dhis2 = dhis2_config(&fake);
+    let hub = TestHub::configured(|c| c.dhis2 = dhis2).await;
+    let kati = add_site(&hub.state.db, "KATI", Some(KATI_OU)).await;
+    add_site(&hub.state.db, "BARE", None).await;
+    let period = last_month();
+    add_visits(&hub.state.db, kati, &[(period.start(), "consultation")]).await;
+    let ctx = context(&hub.state.db, &hub.state.config);
+    let done = export(&hub.state.db, &hub.state.config, period, kati, false).await;
+    run_to_end(&ctx, done.id).await;
+    let dry = export(&hub.state.db, &hub.state.config, period, kati, true).await;
+    run_to_end(&ctx, dry.id).await;
+    let mut browser = Browser::signed_in(&hub).await;
+
+    let list = browser.get("/dhis2").await.body;
+    let row = list.split(&format!("class=\"period-summary\" data-period=\"{period}\"")).nth(1).expect("summed up");
+    let row = row.split("</tr>").next().expect("row");
+    let link = format!("href=\"/dhis2?period={period}&amp;status=succeeded\">1</a>");
+    assert!(row.contains(&link) && row.contains("<td class=\"num not-exported\">1</td>"), "{row}");
+    assert_eq!(listed_jobs(&list).len(), 2, "dry run included in the whole list");
+
+    let filtered = browser.get(&format!("/dhis2?period={period}&status=succeeded")).await;
+    assert_eq!(filtered.status, StatusCode::OK);
+    assert_eq!(listed_jobs(&filtered.body).len(), 2, "both succeeded");
+    assert!(filtered.body.contains("id=\"export-filter\"") && filtered.body.contains("· réussi"), "{}", filtered.body);
+    let failed = browser.get(&format!("/dhis2?period={period}&status=failed")).await.body;
+    assert!(listed_jobs(&failed).is_empty() && failed.contains("Aucun export ne correspond."), "{failed}");
+    // An unknown status filters nothing out.
+    assert_eq!(listed_jobs(&browser.get("/dhis2?status=nope").await.body).len(), 2);
+}

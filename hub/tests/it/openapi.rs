@@ -39,6 +39,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/dhis2/preview"),
     ("GET", "/api/v1/dhis2/late-data"),
     ("POST", "/api/v1/dhis2/late-data"),
+    ("GET", "/api/v1/dhis2/periods"),
     ("POST", "/api/v1/sync/push"),
     ("POST", "/api/v1/sync/pull"),
     ("POST", "/api/v1/sync/lookup"),
