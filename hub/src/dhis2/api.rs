@@ -56,6 +56,8 @@ use crate::jobs::dhis2_late_data;
 
 /// Jobs listed when no `limit` is given.
 pub const DEFAULT_LIST_LIMIT: i64 = 100;
+/// Periods summed up when no `limit` is given.
+pub const DEFAULT_PERIODS: i64 = 12;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -161,6 +163,16 @@ async fn export(
     Ok((StatusCode::ACCEPTED, Json(job_briefs(&jobs))))
 }
 
+/// A list's `limit` query parameter: `default` when absent, else 1 to `max`.
+fn limit_within(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {max}")))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
@@ -175,13 +187,7 @@ async fn list_exports(
 ) -> Result<Json<Value>, ApiError> {
     user.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if !(1..=dhis2_export::LIST_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {}", dhis2_export::LIST_LIMIT),
-        ));
-    }
+    let limit = limit_within(query.limit, DEFAULT_LIST_LIMIT, dhis2_export::LIST_LIMIT)?;
     let status = match query.status.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -206,10 +212,7 @@ async fn periods(
 ) -> Result<Json<Value>, ApiError> {
     user.require_admin()?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(12);
-    if !(1..=SUMMARY_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be between 1 and {SUMMARY_LIMIT}")));
-    }
+    let limit = limit_within(query.limit, DEFAULT_PERIODS, SUMMARY_LIMIT)?;
     Ok(Json(json!({ "periods": period_summaries(&state.db, limit).await? })))
 }
 
