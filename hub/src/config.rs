@@ -106,6 +106,9 @@ pub struct Dhis2Config {
     pub poll_seconds: u64,
 }
 
+/// Most periods the late-data check may look back.
+pub const MAX_LATE_DATA_PERIODS: u32 = 36;
+
 impl Default for Dhis2Config {
     fn default() -> Self {
         Self {
@@ -468,6 +471,12 @@ impl Dhis2Config {
         if self.max_attempts == 0 {
             return invalid("dhis2.max_attempts", "must be positive");
         }
+        if self.late_data_periods > MAX_LATE_DATA_PERIODS {
+            return invalid(
+                "dhis2.late_data_periods",
+                "at most 36 periods (each costs a count of every site's encounters)",
+            );
+        }
         if self.request_timeout_seconds == 0 || self.lease_seconds <= self.request_timeout_seconds {
             return invalid("dhis2.lease_seconds", "must be longer than dhis2.request_timeout_seconds (positive)");
         }
@@ -602,6 +611,11 @@ mod tests {
         };
         let c = Config::load(&env, None).expect("overrides");
         assert_eq!((c.dhis2.late_data_schedule.as_str(), c.dhis2.late_data_periods), ("off", 1));
+        let too_far = Overrides { dhis2_late_data_periods: Some(37), ..env };
+        assert!(matches!(
+            Config::load(&too_far, None),
+            Err(ConfigError::Invalid { field: "dhis2.late_data_periods", .. })
+        ));
         assert!(!c.to_toml().contains("d2pat_abc"));
     }
 
