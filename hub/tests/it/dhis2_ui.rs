@@ -512,6 +512,8 @@ async fn each_period_is_summed_up_and_the_list_filtered_by_a_click() {
     let row = row.split("</tr>").next().expect("row");
     let link = format!("href=\"/dhis2?period={period}&amp;status=succeeded\">1</a>");
     assert!(row.contains(&link) && row.contains("<td class=\"num not-exported\">1</td>"), "{row}");
+    let missing = list.split(&format!("class=\"not-exported-sites\" data-period=\"{period}\">")).nth(1).expect("named");
+    assert!(missing.split("</p>").next().is_some_and(|m| m.contains("<code>BARE</code>") && !m.contains("KATI")));
     assert_eq!(listed_jobs(&list).len(), 2, "dry run included in the whole list");
 
     let filtered = browser.get(&format!("/dhis2?period={period}&status=succeeded")).await;

@@ -11,6 +11,7 @@ mod dhis2_client;
 mod dhis2_jobs;
 mod dhis2_late_data;
 mod dhis2_mapping;
+mod dhis2_periods;
 mod dhis2_ui;
 mod edge_doc;
 mod embedded;

@@ -27,6 +27,8 @@ pub struct PeriodSummary {
     pub in_progress: i64,
     /// Sites with no real export of the period.
     pub not_exported: i64,
+    /// Their codes, in order.
+    pub not_exported_sites: Vec<String>,
     /// When the period's newest export was created.
     #[serde(with = "time::serde::rfc3339")]
     pub last_export_at: OffsetDateTime,
@@ -35,8 +37,14 @@ pub struct PeriodSummary {
 /// The periods with a real export, the most recently exported first, at
 /// most `limit` (and [`SUMMARY_LIMIT`]).
 pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSummary>, ExportError> {
-    let client = pool.get().await?;
-    // One snapshot for the jobs and the site count.
+    let mut client = pool.get().await?;
+    // One snapshot for the counts and the sites named.
+    let client = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
     let rows = client
         .query(
             "WITH latest AS (
@@ -51,8 +59,7 @@ pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSumma
                     count(*) FILTER (WHERE l.status = 'succeeded') AS succeeded,
                     count(*) FILTER (WHERE l.status = 'succeeded_with_conflicts') AS succeeded_with_conflicts,
                     count(*) FILTER (WHERE l.status = 'failed') AS failed,
-                    count(*) FILTER (WHERE l.status IN ('pending', 'running')) AS in_progress,
-                    count(*) AS exported
+                    count(*) FILTER (WHERE l.status IN ('pending', 'running')) AS in_progress
              FROM latest l JOIN newest n USING (period)
              GROUP BY l.period, n.last_export_at
              ORDER BY n.last_export_at DESC, l.period DESC
@@ -60,10 +67,10 @@ pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSumma
             &[&limit.clamp(0, SUMMARY_LIMIT)],
         )
         .await?;
-    rows.iter()
+    let mut summaries = rows
+        .iter()
         .map(|r| {
             let sites: i64 = r.try_get("sites")?;
-            let exported: i64 = r.try_get("exported")?;
             Ok(PeriodSummary {
                 period: r.try_get("period")?,
                 sites,
@@ -71,11 +78,32 @@ pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSumma
                 succeeded_with_conflicts: r.try_get("succeeded_with_conflicts")?,
                 failed: r.try_get("failed")?,
                 in_progress: r.try_get("in_progress")?,
-                // Jobs of a site deleted since would count above the sites.
-                not_exported: (sites - exported).max(0),
+                // Counted from the sites named below, in the same snapshot.
+                not_exported: 0,
+                not_exported_sites: Vec::new(),
                 last_export_at: r.try_get("last_export_at")?,
             })
         })
-        .collect::<Result<_, tokio_postgres::Error>>()
-        .map_err(ExportError::from)
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    let periods: Vec<&str> = summaries.iter().map(|s| s.period.as_str()).collect();
+    let missing = client
+        .query(
+            "SELECT p.period, s.code FROM unnest($1::text[]) AS p (period) CROSS JOIN sites s
+             WHERE NOT EXISTS (SELECT 1 FROM dhis2_export_jobs j
+                               WHERE j.period = p.period AND j.site_id = s.id AND NOT j.dry_run)
+             ORDER BY p.period, s.code",
+            &[&periods],
+        )
+        .await?;
+    for row in &missing {
+        let period: String = row.try_get(0)?;
+        if let Some(summary) = summaries.iter_mut().find(|s| s.period == period) {
+            summary.not_exported_sites.push(row.try_get(1)?);
+        }
+    }
+    client.commit().await?;
+    for summary in &mut summaries {
+        summary.not_exported = i64::try_from(summary.not_exported_sites.len()).unwrap_or(i64::MAX);
+    }
+    Ok(summaries)
 }
