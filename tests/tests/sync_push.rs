@@ -442,11 +442,13 @@ async fn push_is_exactly_once_across_kills() -> anyhow::Result<()> {
     }
 
     // The hub dies while a sync is pushing: once it has applied part of a
-    // large push, SIGKILL it.
+    // large push, SIGKILL it. A push that ends before the hub is seen
+    // applying it (a fast machine, or batches grown large since the edge
+    // learnt the hub's limit) is followed by one twice as long.
     let hub_url = hub.url()?;
     let mut hub_killed_after = None;
     for attempt in 1..=5 {
-        writes += edge.record(&mut rng, 40, 3).await?;
+        writes += edge.record(&mut rng, 40 << (attempt - 1), 3).await?;
         let before = hub.changes().await?.len();
         let hub_api = hub.process()?.api()?;
         let applied_before = applied(&hub_api).await?;
