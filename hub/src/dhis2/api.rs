@@ -249,11 +249,8 @@ fn job_briefs(jobs: &[ExportJob]) -> Value {
 
 async fn late_data(State(state): State<AppState>, user: CurrentUser) -> Result<Json<Value>, ApiError> {
     user.require_admin()?;
-    let today = OffsetDateTime::now_utc().date();
-    let found = dhis2_late_data::find(&state.db, &state.config, today).await?;
-    let loaded = mapping::load(&state.db, &state.config.dhis2).await.map_err(mapping_in_force_error)?;
-    let periods = dhis2_late_data::periods(&loaded.mapping, today, state.config.dhis2.late_data_periods);
-    Ok(Json(json!({ "periods": periods, "out_of_date": found })))
+    let check = dhis2_late_data::check(&state.db, &state.config, OffsetDateTime::now_utc().date()).await?;
+    Ok(Json(json!({ "periods": check.periods, "out_of_date": check.out_of_date })))
 }
 
 async fn send_late_data(

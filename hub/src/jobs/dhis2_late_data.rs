@@ -87,6 +87,18 @@ pub struct ValueChange {
     pub now: Option<String>,
 }
 
+impl ValueChange {
+    /// `value`'s data element and combo, with what was sent and what is now.
+    fn of(value: &DataValue, sent: Option<&str>, now: Option<&str>) -> Self {
+        Self {
+            data_element: value.data_element.clone(),
+            category_option_combo: value.category_option_combo.clone(),
+            sent: sent.map(str::to_owned),
+            now: now.map(str::to_owned),
+        }
+    }
+}
+
 /// The periods the check looks at on `today`: the `count` finished periods
 /// before today's, newest first.
 #[must_use]
@@ -100,15 +112,35 @@ pub fn periods(mapping: &Mapping, today: Date, count: u32) -> Vec<Period> {
         .collect()
 }
 
-/// Every site and period whose values differ from the last export sent
-/// (see the module docs), periods newest first, sites by code.
-pub async fn find(pool: &Pool, config: &Config, today: Date) -> Result<Vec<OutOfDate>, ExportError> {
-    let loaded = mapping::load(pool, &config.dhis2).await?;
-    let mut found = Vec::new();
-    for period in periods(&loaded.mapping, today, config.dhis2.late_data_periods) {
-        found.extend(find_in_period(pool, &loaded.mapping, period, today).await?);
+/// What one check looked at and found.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The mapping in force the values were counted with.
+    pub mapping: Mapping,
+    /// The periods compared, newest first.
+    pub periods: Vec<Period>,
+    /// Every site and period whose values differ from the last export sent,
+    /// periods newest first, sites by code.
+    pub out_of_date: Vec<OutOfDate>,
+}
+
+/// Runs the check on `today` (see the module docs).
+pub async fn check(pool: &Pool, config: &Config, today: Date) -> Result<Check, ExportError> {
+    let mapping = mapping::load(pool, &config.dhis2).await?.mapping;
+    let periods = periods(&mapping, today, config.dhis2.late_data_periods);
+    let mut out_of_date = Vec::new();
+    if !periods.is_empty() {
+        let sites = aggregate::export_sites(pool, None).await.map_err(db_error)?;
+        for &period in &periods {
+            out_of_date.extend(find_in_period(pool, &mapping, &sites, period, today).await?);
+        }
     }
-    Ok(found)
+    Ok(Check { mapping, periods, out_of_date })
+}
+
+/// The out-of-date sites and periods of [`check`].
+pub async fn find(pool: &Pool, config: &Config, today: Date) -> Result<Vec<OutOfDate>, ExportError> {
+    Ok(check(pool, config, today).await?.out_of_date)
 }
 
 /// The latest real export of one site and period.
@@ -122,6 +154,7 @@ enum Latest {
 async fn find_in_period(
     pool: &Pool,
     mapping: &Mapping,
+    sites: &[aggregate::ExportSite],
     period: Period,
     today: Date,
 ) -> Result<Vec<OutOfDate>, ExportError> {
@@ -131,7 +164,6 @@ async fn find_in_period(
     }
     let values: HashMap<SiteId, Vec<aggregate::IndicatorValue>> =
         aggregate::all_site_values(pool, mapping, period).await.map_err(db_error)?.into_iter().collect();
-    let sites = aggregate::export_sites(pool, None).await.map_err(db_error)?;
     let mut found = Vec::new();
     for site in sites {
         let Some(values) = values.get(&site.id) else { continue };
@@ -144,7 +176,7 @@ async fn find_in_period(
             None => continue,
         };
         let scheme_mapping = Mapping { id_scheme, ..mapping.clone() };
-        let now = match aggregate::build_payload(&scheme_mapping, &site, period, values, today) {
+        let now = match aggregate::build_payload(&scheme_mapping, site, period, values, today) {
             Ok(now) => now,
             Err(e) => {
                 // The same problem fails an export; the export's error shows it.
@@ -155,13 +187,14 @@ async fn find_in_period(
         };
         let changes = match sent {
             Some(sent) => differences(sent, &now),
-            None => differences(&DataValueSet { data_values: Vec::new(), ..now.clone() }, &now),
+            // Nothing sent: every value is new.
+            None => now.data_values.iter().map(|v| ValueChange::of(v, None, Some(&v.value))).collect(),
         };
         if !changes.is_empty() {
             found.push(OutOfDate {
                 site_id: site.id,
-                site_code: site.code,
-                site_name: site.name,
+                site_code: site.code.clone(),
+                site_name: site.name.clone(),
                 period: period.to_string(),
                 exported_job,
                 changes,
@@ -225,20 +258,17 @@ pub fn differences(sent: &DataValueSet, now: &DataValueSet) -> Vec<ValueChange> 
     let mut sent_values: HashMap<(String, String), &str> =
         sent.data_values.iter().map(|v| (key(v), &*v.value)).collect();
     let moved = sent.org_unit != now.org_unit || sent.data_set != now.data_set || sent.period != now.period;
-    let change = |(data_element, category_option_combo): (String, String), sent: Option<&str>, now: Option<&str>| {
-        ValueChange { data_element, category_option_combo, sent: sent.map(str::to_owned), now: now.map(str::to_owned) }
-    };
     let mut changes = Vec::new();
     for v in &now.data_values {
         let was = sent_values.remove(&key(v));
         if moved || was != Some(&*v.value) {
-            changes.push(change(key(v), was, Some(&v.value)));
+            changes.push(ValueChange::of(v, was, Some(&v.value)));
         }
     }
     // What is no longer counted, in the order it was sent.
     for v in &sent.data_values {
         if let Some(was) = sent_values.remove(&key(v)) {
-            changes.push(change(key(v), Some(was), None));
+            changes.push(ValueChange::of(v, Some(was), None));
         }
     }
     changes

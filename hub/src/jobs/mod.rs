@@ -92,13 +92,19 @@ fn is_off(expression: &str) -> bool {
     expression.trim().eq_ignore_ascii_case("off")
 }
 
+/// Whether the late-data check runs: a schedule, and periods to look at.
+#[must_use]
+pub fn late_data_on(dhis2: &Dhis2Config) -> bool {
+    !is_off(&dhis2.late_data_schedule) && dhis2.late_data_periods > 0
+}
+
 /// Starts the export worker, the DHIS2 schedule and the late-data check
 /// of the hub serving `state`. An invalid schedule is an error before
 /// anything starts.
 pub async fn spawn(state: &AppState) -> Result<Jobs, JobsError> {
     let dhis2 = &state.config.dhis2;
     check_schedules(dhis2)?;
-    let late_data_on = !is_off(&dhis2.late_data_schedule) && dhis2.late_data_periods > 0;
+    let late_data_on = late_data_on(dhis2);
     let scheduler = if is_off(&dhis2.schedule) && !late_data_on {
         tracing::info!("DHIS2 schedule and late-data check off");
         None
@@ -205,7 +211,11 @@ impl Jobs {
 /// scheduled (then no job is created: an empty list).
 pub async fn run_schedule_once(pool: &Pool, config: &Config, today: Date) -> Result<Vec<ExportJob>, ExportError> {
     let loaded = mapping::load(pool, &config.dhis2).await?;
-    let period = Period::containing(today, loaded.mapping.data_set.period_type).previous();
+    schedule_period(pool, Period::containing(today, loaded.mapping.data_set.period_type).previous()).await
+}
+
+/// Creates `period`'s jobs for every site unless it was already scheduled.
+async fn schedule_period(pool: &Pool, period: Period) -> Result<Vec<ExportJob>, ExportError> {
     let new = NewExport { period, site: None, dry_run: false, trigger: Trigger::Schedule, requested_by: None };
     let jobs = dhis2_export::create_scheduled(pool, new).await?;
     if !jobs.is_empty() {
@@ -259,7 +269,7 @@ pub async fn catch_up_schedule(
     if !earlier {
         return Ok(Vec::new());
     }
-    let jobs = run_schedule_once(pool, config, now.date()).await?;
+    let jobs = schedule_period(pool, period).await?;
     if !jobs.is_empty() {
         tracing::warn!(period = %period, %due, jobs = jobs.len(),
             "DHIS2 schedule: the export due then did not run (no hub was running); exporting now");

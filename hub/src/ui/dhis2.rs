@@ -138,8 +138,7 @@ impl Connection {
 /// The late-data check's schedule as the pages show it: `off` when it
 /// never runs.
 pub(super) fn late_data_schedule(config: &Dhis2Config) -> String {
-    let schedule = config.late_data_schedule.trim();
-    if config.late_data_periods == 0 || schedule.eq_ignore_ascii_case("off") { "off".into() } else { schedule.into() }
+    if crate::jobs::late_data_on(config) { config.late_data_schedule.trim().into() } else { "off".into() }
 }
 
 /// `url` without a `user:password@` part.

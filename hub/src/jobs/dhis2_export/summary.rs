@@ -2,8 +2,10 @@
 //! recently, how many sites' latest real export (not a dry run) succeeded,
 //! succeeded with conflicts, failed or is still in progress, and how many
 //! sites have none. A national reporting officer reads it as "which
-//! clinics' November reached DHIS2"; the exports list, filtered by period
-//! and status, names them.
+//! clinics' November reached DHIS2": the sites with no export are named,
+//! and the exports list, filtered by period and status, names the others.
+
+use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
 use serde::Serialize;
@@ -67,25 +69,7 @@ pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSumma
             &[&limit.clamp(0, SUMMARY_LIMIT)],
         )
         .await?;
-    let mut summaries = rows
-        .iter()
-        .map(|r| {
-            let sites: i64 = r.try_get("sites")?;
-            Ok(PeriodSummary {
-                period: r.try_get("period")?,
-                sites,
-                succeeded: r.try_get("succeeded")?,
-                succeeded_with_conflicts: r.try_get("succeeded_with_conflicts")?,
-                failed: r.try_get("failed")?,
-                in_progress: r.try_get("in_progress")?,
-                // Counted from the sites named below, in the same snapshot.
-                not_exported: 0,
-                not_exported_sites: Vec::new(),
-                last_export_at: r.try_get("last_export_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    let periods: Vec<&str> = summaries.iter().map(|s| s.period.as_str()).collect();
+    let periods: Vec<String> = rows.iter().map(|r| r.try_get("period")).collect::<Result<_, _>>()?;
     let missing = client
         .query(
             "SELECT p.period, s.code FROM unnest($1::text[]) AS p (period) CROSS JOIN sites s
@@ -95,15 +79,28 @@ pub async fn period_summaries(pool: &Pool, limit: i64) -> Result<Vec<PeriodSumma
             &[&periods],
         )
         .await?;
-    for row in &missing {
-        let period: String = row.try_get(0)?;
-        if let Some(summary) = summaries.iter_mut().find(|s| s.period == period) {
-            summary.not_exported_sites.push(row.try_get(1)?);
-        }
-    }
     client.commit().await?;
-    for summary in &mut summaries {
-        summary.not_exported = i64::try_from(summary.not_exported_sites.len()).unwrap_or(i64::MAX);
+    let mut not_exported: HashMap<String, Vec<String>> = HashMap::new();
+    for row in &missing {
+        not_exported.entry(row.try_get(0)?).or_default().push(row.try_get(1)?);
     }
+    let summaries = rows
+        .iter()
+        .map(|r| {
+            let period: String = r.try_get("period")?;
+            let not_exported_sites = not_exported.remove(&period).unwrap_or_default();
+            Ok(PeriodSummary {
+                period,
+                sites: r.try_get("sites")?,
+                succeeded: r.try_get("succeeded")?,
+                succeeded_with_conflicts: r.try_get("succeeded_with_conflicts")?,
+                failed: r.try_get("failed")?,
+                in_progress: r.try_get("in_progress")?,
+                not_exported: i64::try_from(not_exported_sites.len()).unwrap_or(i64::MAX),
+                not_exported_sites,
+                last_export_at: r.try_get("last_export_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     Ok(summaries)
 }

@@ -13,7 +13,6 @@ use time::OffsetDateTime;
 
 use super::{indicator_of, late_data_schedule, mapping_alert};
 use crate::AppState;
-use crate::dhis2::mapping::{self, MappingError};
 use crate::jobs::dhis2_export::ExportError;
 use crate::jobs::dhis2_late_data::{self, OutOfDate};
 use crate::ui::forms::RawForm;
@@ -53,30 +52,27 @@ async fn late_data_page(
     alert: Option<String>,
 ) -> Result<Response, UiError> {
     let schedule = late_data_schedule(&state.config.dhis2);
-    // The mapping in force cannot be used: say so, list nothing.
-    let unusable = |e: &MappingError, schedule: String| -> Result<Response, UiError> {
-        let alert = Some(mapping_alert(page, e)?);
-        let tpl = LateDataTpl { page, periods: Vec::new(), schedule, rows: Vec::new(), alert };
-        Ok(render(StatusCode::UNPROCESSABLE_ENTITY, page, &tpl))
-    };
-    let loaded = match mapping::load(&state.db, &state.config.dhis2).await {
-        Ok(loaded) => loaded,
-        Err(e) => return unusable(&e, schedule),
-    };
     let today = OffsetDateTime::now_utc().date();
-    let found = match dhis2_late_data::find(&state.db, &state.config, today).await {
-        Ok(found) => found,
-        Err(ExportError::Mapping(e)) => return unusable(&e, schedule),
+    let check = match dhis2_late_data::check(&state.db, &state.config, today).await {
+        Ok(check) => check,
+        // The mapping in force cannot be used: say so, list nothing.
+        Err(ExportError::Mapping(e)) => {
+            let alert = Some(mapping_alert(page, &e)?);
+            let tpl = LateDataTpl { page, periods: Vec::new(), schedule, rows: Vec::new(), alert };
+            return Ok(render(StatusCode::UNPROCESSABLE_ENTITY, page, &tpl));
+        }
         Err(e) => return Err(page.internal(&e)),
     };
-    let rows = found
+    let mapping = &check.mapping;
+    let rows = check
+        .out_of_date
         .into_iter()
         .map(|out| {
             let changes = out
                 .changes
                 .iter()
                 .map(|c| ChangeRow {
-                    indicator: indicator_of(&loaded.mapping, &c.data_element, &c.category_option_combo).map_or_else(
+                    indicator: indicator_of(mapping, &c.data_element, &c.category_option_combo).map_or_else(
                         || format!("{} / {}", c.data_element, c.category_option_combo),
                         |i| i.name.clone(),
                     ),
@@ -87,10 +83,7 @@ async fn late_data_page(
             OutOfDateRow { out, changes }
         })
         .collect();
-    let periods = dhis2_late_data::periods(&loaded.mapping, today, state.config.dhis2.late_data_periods)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let periods = check.periods.iter().map(ToString::to_string).collect();
     Ok(render(status, page, &LateDataTpl { page, periods, schedule, rows, alert }))
 }
 
